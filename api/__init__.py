@@ -1,0 +1,1 @@
+"""HTTP API (issue 6): not built yet."""

@@ -1,0 +1,1 @@
+"""MQTT side of Qnect: bridge workers, topics, downlink publishing."""

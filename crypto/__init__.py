@@ -1,0 +1,56 @@
+"""Pure cryptographic primitives of Qnect: key hierarchy, device protocol, field envelopes.
+
+No I/O happens here; time and randomness are parameters.
+"""
+
+from crypto.device_keys import (
+    DirectionKeys,
+    FrameHeader,
+    KxRequest,
+    KxResponse,
+    SessionKeys,
+    Suite,
+    open_frame,
+    parse_header,
+    seal_frame,
+    session_keys,
+)
+from crypto.envelope import DataKey, FieldCipher, FieldContext
+from crypto.errors import (
+    CryptoError,
+    DecryptionFailed,
+    InvalidKeyMaterial,
+    MalformedFrame,
+    UnsupportedVersion,
+)
+from crypto.keys import Kek, KeyClass, derive_kek, parse_root_key, unwrap, wrap
+from crypto.replay import Freshness, ReplayWindow
+
+__all__ = [
+    "CryptoError",
+    "DataKey",
+    "DecryptionFailed",
+    "DirectionKeys",
+    "FieldCipher",
+    "FieldContext",
+    "FrameHeader",
+    "Freshness",
+    "InvalidKeyMaterial",
+    "Kek",
+    "KeyClass",
+    "KxRequest",
+    "KxResponse",
+    "MalformedFrame",
+    "ReplayWindow",
+    "SessionKeys",
+    "Suite",
+    "UnsupportedVersion",
+    "derive_kek",
+    "open_frame",
+    "parse_header",
+    "parse_root_key",
+    "seal_frame",
+    "session_keys",
+    "unwrap",
+    "wrap",
+]

@@ -1,0 +1,122 @@
+"""Key hierarchy primitives: the root key, key-encryption keys, and key wrapping.
+
+Owns: parsing a root key, deriving versioned key-encryption keys (KEKs) from it, wrapping and
+unwrapping key material (device root keys, data keys) with associated data that binds the
+wrapped key to its owner and use. Does not own: where the root key comes from (the caller reads
+the file or KMS) or where wrapped keys are stored.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from crypto.errors import DecryptionFailed, InvalidKeyMaterial, MalformedFrame, UnsupportedVersion
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+WRAP_VERSION = 1
+_WRAP_HEADER = struct.Struct(">BH")  # wrap format version, KEK version
+
+
+class KeyClass(IntEnum):
+    """What a key protects; data keys are kept per (owner binding, key class)."""
+
+    DEVICE = 1  # device root keys
+    NETWORK = 2  # MAC, IP, Wi-Fi identifiers
+    LOCATION = 3  # robot-cleaner positions
+    HEALTH = 4  # body measurements from scales
+    MEDIA = 5  # camera media object references
+    PROFILE = 6  # account data
+
+
+@dataclass(frozen=True, slots=True)
+class Kek:
+    """One version of a key-encryption key."""
+
+    version: int
+    key: bytes = field(repr=False)
+
+
+def parse_root_key(text: str) -> bytes:
+    """Parse the content of a root key file (64 hex digits).
+
+    Raises:
+        InvalidKeyMaterial: the text is not exactly 32 bytes of hex.
+    """
+    try:
+        raw = bytes.fromhex(text.strip())
+    except ValueError as exc:
+        raise InvalidKeyMaterial("root key file is not hex") from exc
+    if len(raw) != KEY_BYTES:
+        raise InvalidKeyMaterial("root key must be 32 bytes")
+    if len(set(raw)) < 8:  # refuses placeholders such as 00…00 or a repeated pattern
+        raise InvalidKeyMaterial("root key looks like a placeholder")
+    return raw
+
+
+def derive_kek(root_key: bytes, version: int) -> Kek:
+    """Derive KEK *version* from the root key (HKDF-SHA256, domain-separated by version)."""
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(),
+        length=KEY_BYTES,
+        salt=None,
+        info=b"qnect/kek/v1/" + struct.pack(">H", version),
+    )
+    return Kek(version=version, key=hkdf.derive(root_key))
+
+
+def wrap(kek: Kek, material: bytes, *, context: bytes, nonce: bytes) -> bytes:
+    """Encrypt key *material* under *kek*; *context* (owner, use) is bound as associated data.
+
+    Layout: ``version(1) kek_version(2) nonce(12) ciphertext+tag``.
+    """
+    header = _WRAP_HEADER.pack(WRAP_VERSION, kek.version)
+    sealed = AESGCM(kek.key).encrypt(nonce, material, header + context)
+    return header + nonce + sealed
+
+
+def wrapped_kek_version(blob: bytes) -> int:
+    """Return the KEK version a wrapped key was sealed under.
+
+    Raises:
+        MalformedFrame: the blob is too short.
+        UnsupportedVersion: unknown wrap format.
+    """
+    if len(blob) < _WRAP_HEADER.size + NONCE_BYTES + 16:
+        raise MalformedFrame("wrapped key too short")
+    fmt, kek_version = _WRAP_HEADER.unpack_from(blob)
+    if fmt != WRAP_VERSION:
+        raise UnsupportedVersion("unknown wrap format")
+    return int(kek_version)
+
+
+def unwrap(kek: Kek, blob: bytes, *, context: bytes) -> bytes:
+    """Open a wrapped key.
+
+    Raises:
+        DecryptionFailed: wrong KEK, wrong context or a tampered blob.
+        MalformedFrame: the blob is too short.
+        UnsupportedVersion: unknown wrap format.
+    """
+    if wrapped_kek_version(blob) != kek.version:
+        raise DecryptionFailed(f"kek/{kek.version}")
+    header = blob[: _WRAP_HEADER.size]
+    nonce = blob[_WRAP_HEADER.size : _WRAP_HEADER.size + NONCE_BYTES]
+    try:
+        return AESGCM(kek.key).decrypt(
+            nonce, blob[_WRAP_HEADER.size + NONCE_BYTES :], header + context
+        )
+    except InvalidTag as exc:
+        raise DecryptionFailed(f"kek/{kek.version}") from exc
+
+
+def lp(data: bytes) -> bytes:
+    """Length-prefix *data* (u16 big-endian) so concatenated fields cannot be re-split."""
+    return struct.pack(">H", len(data)) + data

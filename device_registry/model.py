@@ -1,0 +1,144 @@
+"""Devices as the rest of the system sees them (pure).
+
+Owns: the device record read from storage, and turning it into a ``DeviceContext`` whose keys
+are unwrapped and ready (root key, key-exchange key, field ciphers per key class). Does not
+own: storage (``postgres.py``) or the ingest decisions (``telemetry``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import NewType
+
+from crypto.device_keys import kx_key
+from crypto.envelope import DataKey, FieldCipher, FieldContext
+from crypto.keys import Kek, KeyClass, unwrap, wrapped_kek_version
+from device_registry.profiles import PROFILES, Profile
+
+DeviceId = NewType("DeviceId", str)
+DEVICE_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+DEVICE_ID_LENGTH = 16  # 80 bits: unguessable, and short enough for topics
+
+
+class DeviceStatus(StrEnum):
+    """Lifecycle of a device's credentials."""
+
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedDataKey:
+    """A data key as stored: wrapped under a KEK."""
+
+    key_class: KeyClass
+    version: int
+    wrapped: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A device row with its wrapped keys, as the bridge loads it."""
+
+    device_id: DeviceId
+    model: str
+    status: DeviceStatus
+    binding: str
+    drk_version: int
+    root_key_wrapped: bytes | None = field(repr=False)
+    mac_enc: bytes = field(repr=False)
+    current_epoch: int
+    current_since: datetime | None
+    data_keys: tuple[WrappedDataKey, ...] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceContext:
+    """A device with its keys opened, cached by bridge workers."""
+
+    device_id: DeviceId
+    profile: Profile
+    status: DeviceStatus
+    binding: str
+    drk_version: int
+    root_key: bytes = field(repr=False)
+    kx_key: bytes = field(repr=False)
+    ciphers: dict[KeyClass, FieldCipher] = field(repr=False)
+    registered_mac: str = field(repr=False)
+    current_epoch: int
+    current_since: datetime | None
+
+
+def new_device_id(rand: bytes) -> DeviceId:
+    """Make an opaque device id from 16 random bytes (no model or serial information in it)."""
+    return DeviceId("".join(DEVICE_ID_ALPHABET[b % 32] for b in rand[:DEVICE_ID_LENGTH]))
+
+
+def is_device_id(text: str) -> bool:
+    """Whether *text* is shaped like a device id (checked before any lookup)."""
+    return len(text) == DEVICE_ID_LENGTH and all(c in DEVICE_ID_ALPHABET for c in text)
+
+
+def root_key_context(device_id: str, version: int) -> bytes:
+    """Associated data binding a wrapped root key to its device and version."""
+    return f"drk|{device_id}|{version}".encode()
+
+
+def data_key_context(owner: str, key_class: KeyClass, version: int) -> bytes:
+    """Associated data binding a wrapped data key to its owner, class and version."""
+    return f"dek|{owner}|{int(key_class)}|{version}".encode()
+
+
+REGISTRY_MAC_CONTEXT = FieldContext("devices", "mac_enc", "registry")
+
+
+def open_record(record: DeviceRecord, keks: dict[int, Kek]) -> DeviceContext | None:
+    """Unwrap a record's keys; ``None`` for a revoked device whose root key was destroyed.
+
+    Raises:
+        DecryptionFailed: a wrapped key does not open (wrong KEK or tampered row).
+    """
+    if record.root_key_wrapped is None:
+        return None
+
+    def open_wrapped(blob: bytes, context: bytes) -> bytes:
+        return unwrap(keks[wrapped_kek_version(blob)], blob, context=context)
+
+    root = open_wrapped(
+        record.root_key_wrapped, root_key_context(record.device_id, record.drk_version)
+    )
+    ciphers = {
+        dk.key_class: FieldCipher(
+            DataKey(
+                record.binding,
+                dk.key_class,
+                dk.version,
+                open_wrapped(
+                    dk.wrapped, data_key_context(record.binding, dk.key_class, dk.version)
+                ),
+            )
+        )
+        for dk in record.data_keys
+    }
+    mac = ciphers[KeyClass.NETWORK].open(record.mac_enc, REGISTRY_MAC_CONTEXT).decode()
+    return DeviceContext(
+        device_id=record.device_id,
+        profile=PROFILES[record.model],
+        status=record.status,
+        binding=record.binding,
+        drk_version=record.drk_version,
+        root_key=root,
+        kx_key=kx_key(root, record.device_id),
+        ciphers=ciphers,
+        registered_mac=mac,
+        current_epoch=record.current_epoch,
+        current_since=record.current_since,
+    )
+
+
+def random_mac(rand: bytes) -> str:
+    """A locally administered unicast MAC from 6 random bytes (factory stand-in)."""
+    first = (rand[0] | 0x02) & 0xFE
+    return ":".join(f"{b:02X}" for b in bytes([first]) + rand[1:6])

@@ -1,0 +1,1 @@
+"""Telemetry: the ingest pipeline, quarantine and the time-series store."""

@@ -1,0 +1,164 @@
+"""In-memory cache of device contexts and session keys for bridge workers (no I/O itself).
+
+Workers keep no state a peer needs: everything here can be rebuilt from the database through
+the ``DeviceSource`` the cache is given. Entries expire after a TTL so that revocations and key
+exchanges handled by other workers are seen within ``ttl_ms``; the worker that handled a key
+exchange updates its own entry at once.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Protocol
+
+from crypto.device_keys import SessionKeys, session_keys
+from crypto.keys import Kek
+from crypto.replay import ReplayWindow
+from device_registry.model import DeviceContext, DeviceRecord, open_record
+from device_registry.sessions import SessionRecord
+
+DEFAULT_TTL_MS = 2_000  # how stale a revocation or another worker's key exchange may be seen
+DEFAULT_CAPACITY = 50_000  # devices kept; ~2 KB each with keys and ciphers
+
+
+class DeviceSource(Protocol):
+    """Where the cache loads from (the registry tables)."""
+
+    def devices(self, device_ids: Collection[str]) -> Mapping[str, DeviceRecord]:
+        """Load device records by id."""
+        ...
+
+    def sessions(
+        self, keys: Collection[tuple[str, int]]
+    ) -> Mapping[tuple[str, int], SessionRecord]:
+        """Load sessions by (device id, epoch)."""
+        ...
+
+    def sessions_by_cid(
+        self, keys: Collection[tuple[str, int]]
+    ) -> Mapping[tuple[str, int], SessionRecord]:
+        """Load sessions by (device id, connection id)."""
+        ...
+
+
+@dataclass(slots=True)
+class _Entry:
+    context: DeviceContext | None  # None: unknown or revoked-and-shredded
+    loaded_ms: int
+
+
+class Directory:
+    """LRU cache of device contexts, session keys and per-session replay windows."""
+
+    def __init__(
+        self,
+        source: DeviceSource,
+        keks: dict[int, Kek],
+        *,
+        ttl_ms: int = DEFAULT_TTL_MS,
+        capacity: int = DEFAULT_CAPACITY,
+    ) -> None:
+        self._source = source
+        self._keks = keks
+        self._ttl_ms = ttl_ms
+        self._capacity = capacity
+        self._devices: OrderedDict[str, _Entry] = OrderedDict()
+        self._sessions: OrderedDict[tuple[str, int], tuple[SessionKeys, SessionRecord]] = (
+            OrderedDict()
+        )
+        self._by_cid: dict[tuple[str, int], int] = {}
+        self.windows: OrderedDict[tuple[str, int], ReplayWindow] = OrderedDict()
+
+    def prepare(
+        self,
+        device_ids: Iterable[str],
+        epochs: Iterable[tuple[str, int]],
+        cids: Iterable[tuple[str, int]],
+        *,
+        now_ms: int,
+    ) -> None:
+        """Load whatever a batch needs that is missing or expired, in bulk."""
+        stale = {
+            d
+            for d in device_ids
+            if (e := self._devices.get(d)) is None or now_ms - e.loaded_ms > self._ttl_ms
+        }
+        # A frame under an epoch newer than the cached one means another worker re-keyed it.
+        stale.update(
+            d
+            for d, epoch in epochs
+            if (e := self._devices.get(d)) is not None
+            and e.context is not None
+            and epoch > e.context.current_epoch
+        )
+        if stale:
+            records = self._source.devices(stale)
+            for device_id in stale:
+                record = records.get(device_id)
+                context = open_record(record, self._keks) if record is not None else None
+                self._put_device(device_id, _Entry(context, now_ms))
+        missing = {k for k in epochs if k not in self._sessions}
+        if missing:
+            for key, session in self._source.sessions(missing).items():
+                self._put_session(key, session)
+        missing_cid = {k for k in cids if k not in self._by_cid}
+        if missing_cid:
+            for (device_id, cid), session in self._source.sessions_by_cid(missing_cid).items():
+                self._by_cid[(device_id, cid)] = session.epoch
+                self._put_session((device_id, session.epoch), session)
+
+    def device(self, device_id: str) -> DeviceContext | None:
+        """A prepared device context (None when unknown or shredded)."""
+        entry = self._devices.get(device_id)
+        return entry.context if entry is not None else None
+
+    def session(self, device_id: str, epoch: int) -> tuple[SessionKeys, SessionRecord] | None:
+        """Keys and record of a prepared session."""
+        return self._sessions.get((device_id, epoch))
+
+    def epoch_of_cid(self, device_id: str, cid: int) -> int | None:
+        """Epoch of the session a connection id belongs to."""
+        return self._by_cid.get((device_id, cid))
+
+    def window(self, device_id: str, epoch: int) -> ReplayWindow:
+        """The replay window of a session, created on first use."""
+        key = (device_id, epoch)
+        window = self.windows.get(key)
+        if window is None:
+            window = self.windows[key] = ReplayWindow()
+            if len(self.windows) > self._capacity:
+                self.windows.popitem(last=False)
+        return window
+
+    def rekeyed(self, record: SessionRecord, *, since: datetime, now_ms: int) -> None:
+        """Record a key exchange this worker just committed."""
+        entry = self._devices.get(record.device_id)
+        if entry is not None and entry.context is not None:
+            context = replace(entry.context, current_epoch=record.epoch, current_since=since)
+            self._put_device(record.device_id, _Entry(context, now_ms))
+        self._by_cid[(record.device_id, record.cid)] = record.epoch
+        self._put_session((record.device_id, record.epoch), record)
+
+    def _put_device(self, device_id: str, entry: _Entry) -> None:
+        self._devices[device_id] = entry
+        self._devices.move_to_end(device_id)
+        if len(self._devices) > self._capacity:
+            self._devices.popitem(last=False)
+
+    def _put_session(self, key: tuple[str, int], record: SessionRecord) -> None:
+        entry = self._devices.get(key[0])
+        if entry is None or entry.context is None:
+            return
+        keys = session_keys(
+            entry.context.root_key,
+            key[0],
+            epoch=key[1],
+            device_nonce=record.device_nonce,
+            server_nonce=record.server_nonce,
+        )
+        self._sessions[key] = (keys, record)
+        if len(self._sessions) > self._capacity:
+            self._sessions.popitem(last=False)

@@ -1,0 +1,372 @@
+"""The ingest pipeline over one batch of broker messages.
+
+Stages per message: topic → size cap → device → frame header → epoch and session → AEAD tag →
+replay window → body decode → profile validation → MAC check → field encryption. The only
+I/O-shaped dependency is the ``Directory`` cache, prepared in bulk before the stages run, so a
+batch costs one registry round trip at most. Storage happens after, in ``postgres.py``.
+Every message ends as exactly one of: an accepted frame, a reject, a key exchange, a will.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import msgpack
+
+from crypto import device_keys
+from crypto.device_keys import Flags, FrameHeader
+from crypto.envelope import FieldContext
+from crypto.errors import DecryptionFailed
+from crypto.errors import MalformedFrame as CryptoMalformed
+from crypto.errors import UnsupportedVersion as CryptoUnsupported
+from crypto.replay import Freshness
+from device_registry.model import DeviceContext, DeviceStatus, is_device_id
+from device_registry.profiles import INFO, STATUS, ReportKind
+from privacy.retention import RetentionClass
+from telemetry import errors
+from telemetry.directory import Directory
+from telemetry.validate import Limits, Report, validate
+
+MAX_PAYLOAD_BYTES = 2048  # largest legitimate frame is ~400 B; caps decode work per message
+TOPIC_PREFIX = "devices/"
+KINDS = {"telemetry": ReportKind.TELEMETRY, "status": ReportKind.STATUS, "info": ReportKind.INFO}
+MAX_KX_SKEW_MS = 5 * 60 * 1000  # key-exchange timestamps older than this are treated as replays
+GRACE_EPOCHS = 3  # how many superseded sessions may still deliver resent frames
+
+Random = Callable[[int], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One message as the broker delivered it."""
+
+    topic: str
+    payload: bytes
+    dup: bool  # broker redelivery flag
+    token: int  # opaque ack handle for the MQTT adapter
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """Tunables of the pipeline."""
+
+    limits: Limits = field(default_factory=Limits)
+    epoch_grace_ms: int = 300_000  # resends of a reconnecting device may use the old session
+
+
+@dataclass(slots=True)
+class AcceptedFrame:
+    """A frame that passed every stage, with the rows it will store."""
+
+    index: int
+    device_id: str
+    binding: str
+    epoch: int
+    counter: int
+    kind: ReportKind
+    ts_ms: int
+    plain: list[tuple[int, float]]  # (point code, value) for the numeric table
+    sealed: list[tuple[RetentionClass, int, bytes]]  # (table class, point code, envelope)
+    latest: dict[str, bool | int | str]  # plain values for the device's latest state
+    online: bool | None = None
+    firmware: str | None = None
+    rssi: int | None = None
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """The frame's identity: (device, epoch, counter)."""
+        return (self.device_id, self.epoch, self.counter)
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A message that was refused, described without its content."""
+
+    index: int
+    device_id: str | None
+    kind: str
+    code: str
+    detail: str
+    size: int
+    epoch: int | None = None
+    counter: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyExchange:
+    """An authenticated key-exchange request waiting for its epoch."""
+
+    index: int
+    device_id: str
+    request: device_keys.KxRequest
+    server_nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """A last-will (offline) notice for the session a connection id names."""
+
+    index: int
+    device_id: str
+    epoch: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a batch turned into."""
+
+    accepted: list[AcceptedFrame] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    key_exchanges: list[KeyExchange] = field(default_factory=list)
+    wills: list[Will] = field(default_factory=list)
+    duplicates_seen: list[AcceptedFrame] = field(default_factory=list)  # caught by the window
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    index: int
+    device_id: str
+    kind: str
+    header: FrameHeader | None
+
+
+def split_topic(topic: str) -> tuple[str, str]:
+    """Return (device id, kind) of an uplink topic.
+
+    Raises:
+        BadTopic: not ``devices/<id>/up/<kind>`` with a known kind.
+    """
+    parts = topic.split("/")
+    if (
+        len(parts) != 4
+        or parts[0] != "devices"
+        or parts[2] != "up"
+        or not is_device_id(parts[1])
+        or (parts[3] not in KINDS and parts[3] != "kx")
+    ):
+        raise errors.BadTopic("not devices/<id>/up/<kind>")
+    return parts[1], parts[3]
+
+
+def _parse(index: int, msg: Inbound) -> _Parsed:
+    device_id, kind = split_topic(msg.topic)
+    if len(msg.payload) > MAX_PAYLOAD_BYTES:
+        raise errors.Oversized(f"{len(msg.payload)} bytes")
+    if kind == "kx":
+        return _Parsed(index, device_id, kind, None)
+    try:
+        header = device_keys.parse_header(msg.payload)
+    except CryptoUnsupported as exc:
+        raise errors.UnsupportedVersion(str(exc)) from exc
+    except CryptoMalformed as exc:
+        raise errors.MalformedFrame(str(exc)) from exc
+    return _Parsed(index, device_id, kind, header)
+
+
+class Pipeline:
+    """Runs the stages over batches; holds no state beyond its directory cache."""
+
+    def __init__(self, directory: Directory, config: PipelineConfig, rand: Random) -> None:
+        self.directory = directory
+        self.config = config
+        self._rand = rand
+
+    def process(self, batch: Sequence[Inbound], *, now_ms: int) -> Outcome:
+        """Turn a batch of messages into accepted frames, rejects, key exchanges and wills."""
+        outcome = Outcome()
+        parsed: list[_Parsed] = []
+        for index, msg in enumerate(batch):
+            try:
+                parsed.append(_parse(index, msg))
+            except errors.Rejected as exc:
+                outcome.rejects.append(_reject(index, msg, exc))
+        self._prepare(parsed, now_ms)
+        for item in parsed:
+            msg = batch[item.index]
+            try:
+                self._stage(item, msg, outcome, now_ms)
+            except errors.Rejected as exc:
+                header = item.header
+                outcome.rejects.append(
+                    Reject(
+                        item.index,
+                        item.device_id,
+                        item.kind,
+                        exc.code,
+                        exc.detail,
+                        len(msg.payload),
+                        header.epoch if header else None,
+                        header.counter if header else None,
+                    )
+                )
+        return outcome
+
+    def _prepare(self, parsed: list[_Parsed], now_ms: int) -> None:
+        epochs, cids = set(), set()
+        for p in parsed:
+            if p.header is None:
+                continue
+            if p.header.flags & Flags.WILL:
+                cids.add((p.device_id, p.header.counter))
+            else:
+                epochs.add((p.device_id, p.header.epoch))
+        self.directory.prepare({p.device_id for p in parsed}, epochs, cids, now_ms=now_ms)
+
+    def _stage(self, item: _Parsed, msg: Inbound, outcome: Outcome, now_ms: int) -> None:
+        device = self.directory.device(item.device_id)
+        if device is None:
+            raise errors.UnknownDevice("")
+        if device.status is not DeviceStatus.ACTIVE:
+            raise errors.DeviceRevoked("")
+        if item.header is None:
+            outcome.key_exchanges.append(self._key_exchange(item, msg, device, now_ms))
+        elif item.header.flags & Flags.WILL:
+            outcome.wills.append(self._will(item, msg, device))
+        else:
+            frame = self._frame(item, item.header, msg, device, now_ms)
+            window = self.directory.window(frame.device_id, frame.epoch)
+            if window.check(frame.counter) is Freshness.SEEN:
+                outcome.duplicates_seen.append(frame)
+            else:
+                window.record(frame.counter)
+                outcome.accepted.append(frame)
+
+    def _key_exchange(
+        self, item: _Parsed, msg: Inbound, device: DeviceContext, now_ms: int
+    ) -> KeyExchange:
+        try:
+            request = device_keys.decode_kx_request(device.kx_key, item.device_id, msg.payload)
+        except (DecryptionFailed, CryptoMalformed, CryptoUnsupported) as exc:
+            raise errors.KxInvalid("request does not authenticate") from exc
+        if request.drk_version != device.drk_version:
+            raise errors.KxInvalid("root key version is not current")
+        if abs(now_ms - request.ts_ms) > MAX_KX_SKEW_MS:
+            raise errors.KxReplay("timestamp outside the skew window")
+        return KeyExchange(item.index, item.device_id, request, self._rand(16))
+
+    def _will(self, item: _Parsed, msg: Inbound, device: DeviceContext) -> Will:
+        header = item.header
+        assert header is not None  # noqa: S101 - _stage only routes frames here
+        if item.kind != "status":
+            raise errors.BadTopic("will frames belong on the status topic")
+        epoch = self.directory.epoch_of_cid(item.device_id, header.counter)
+        if epoch is None:
+            raise errors.UnknownEpoch("will of an unknown connection")
+        keys = device_keys.will_keys(device.root_key, item.device_id)
+        self._open(keys, header, msg, item.device_id)
+        return Will(item.index, item.device_id, epoch)
+
+    def _open(
+        self, keys: device_keys.DirectionKeys, header: FrameHeader, msg: Inbound, device_id: str
+    ) -> bytes:
+        if header.sid != keys.sid:
+            raise errors.KeyMismatch("")
+        try:
+            return device_keys.open_frame(
+                keys, header, msg.payload, device_id=device_id, topic=msg.topic
+            )
+        except DecryptionFailed as exc:
+            raise errors.BadTag("") from exc
+
+    def _check_epoch(self, device: DeviceContext, epoch: int, now_ms: int) -> None:
+        current = device.current_epoch
+        if epoch == current:
+            return
+        if epoch > current or epoch <= 0:
+            raise errors.UnknownEpoch(f"epoch {epoch}")
+        since = device.current_since
+        since_ms = int(since.timestamp() * 1000) if since is not None else 0
+        if current - epoch > GRACE_EPOCHS or now_ms - since_ms > self.config.epoch_grace_ms:
+            raise errors.StaleEpoch(f"epoch {epoch}, current {current}")
+
+    def _frame(
+        self, item: _Parsed, header: FrameHeader, msg: Inbound, device: DeviceContext, now_ms: int
+    ) -> AcceptedFrame:
+        if header.flags & (Flags.DOWN | Flags.RANDOM_COUNTER):
+            raise errors.MalformedFrame("downlink flags on an uplink frame")
+        self._check_epoch(device, header.epoch, now_ms)
+        session = self.directory.session(item.device_id, header.epoch)
+        if session is None:
+            raise errors.UnknownEpoch(f"epoch {header.epoch}")
+        plaintext = self._open(session[0].up, header, msg, item.device_id)
+        kind = KINDS[item.kind]
+        profile = {ReportKind.STATUS: STATUS, ReportKind.INFO: INFO}.get(kind, device.profile)
+        report = validate(kind, profile, plaintext, now_ms=now_ms, limits=self.config.limits)
+        return self._seal(report, header, item, device)
+
+    def _seal(
+        self, report: Report, header: FrameHeader, item: _Parsed, device: DeviceContext
+    ) -> AcceptedFrame:
+        frame = AcceptedFrame(
+            item.index,
+            item.device_id,
+            device.binding,
+            header.epoch,
+            header.counter,
+            report.kind,
+            report.ts_ms,
+            [],
+            [],
+            {},
+        )
+        row = f"{item.device_id}:{header.epoch}:{header.counter}"
+        for point, value in report.values:
+            if point.name == "mac" and value != device.registered_mac:
+                raise errors.MacMismatch("reported MAC differs from the registry")
+            if point.key_class is not None:
+                table = _table_of(report.kind, point.retention)
+                context = FieldContext(table, point.name, row)
+                blob = device.ciphers[point.key_class].seal(
+                    msgpack.packb(value), context, nonce=self._rand(12)
+                )
+                frame.sealed.append((point.retention, point.code, blob))
+            elif report.kind is ReportKind.STATUS:
+                frame.online = bool(value)
+            elif report.kind is ReportKind.INFO:
+                frame.rssi = int(value)
+            else:
+                scaled = value / 10**point.scale if point.scale else value
+                frame.plain.append((point.code, float(_enum_index(point.choices, value, scaled))))
+                frame.latest[point.name] = value
+        if report.kind is ReportKind.INFO:
+            frame.firmware = _firmware(report)
+        return frame
+
+
+def _enum_index(choices: tuple[str, ...], value: object, scaled: object) -> float:
+    if choices:
+        return float(choices.index(str(value)))
+    return float(scaled)  # type: ignore[arg-type]
+
+
+def _firmware(report: Report) -> str | None:
+    # Firmware versions are not personal; they are kept in the clear in the device state
+    # too, for fleet operations (OTA targeting) without a decryption grant.
+    return next((str(v) for p, v in report.values if p.name == "fw"), None)
+
+
+def _table_of(kind: ReportKind, retention: RetentionClass) -> str:
+    if kind is ReportKind.INFO:
+        return "device_info"
+    return SEALED_TABLES[retention]
+
+
+SEALED_TABLES: dict[RetentionClass, str] = {
+    RetentionClass.HEALTH: "health_readings",
+    RetentionClass.LOCATION: "location_readings",
+    RetentionClass.MEDIA: "media_readings",
+}
+
+
+def _reject(index: int, msg: Inbound, exc: errors.Rejected) -> Reject:
+    parts = msg.topic.split("/")
+    device_id = parts[1] if len(parts) > 1 and is_device_id(parts[1]) else None
+    kind = parts[3] if len(parts) == 4 and parts[3] in {*KINDS, "kx"} else "other"
+    return Reject(index, device_id, kind, exc.code, exc.detail, len(msg.payload))
+
+
+def utc_from_ms(ms: int) -> datetime:
+    """Convert milliseconds since the epoch to an aware UTC datetime."""
+    return datetime.fromtimestamp(ms / 1000, UTC)

@@ -1,0 +1,304 @@
+"""PostgreSQL sink of the ingest pipeline: one transaction per batch.
+
+Writes, in order: key exchanges (new epochs), the frame ledger (``INSERT … ON CONFLICT DO
+NOTHING`` from a COPY-filled staging table, which is what makes redelivery idempotent on
+(device, epoch, counter)), then COPYs of the rows of new frames only, the latest device state
+and quarantine rows. Nothing is acknowledged to the broker until this commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from device_registry.sessions import SessionRecord
+from privacy.retention import RetentionClass
+from telemetry.pipeline import (
+    SEALED_TABLES,
+    AcceptedFrame,
+    Inbound,
+    KeyExchange,
+    Outcome,
+    Reject,
+    utc_from_ms,
+)
+
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS frames_in (
+    ts timestamptz, device_id text, epoch bigint, counter bigint, kind smallint,
+    received_at timestamptz
+) ON COMMIT DELETE ROWS
+"""
+_LEDGER = """
+INSERT INTO frames SELECT * FROM frames_in ORDER BY device_id, epoch, counter
+ON CONFLICT DO NOTHING RETURNING device_id, epoch, counter
+"""
+_KX = """
+WITH bump AS (
+    UPDATE devices SET current_epoch = current_epoch + 1
+    WHERE device_id = %(d)s AND status = 'active' AND NOT EXISTS (
+        SELECT 1 FROM device_sessions WHERE device_id = %(d)s AND device_nonce = %(nd)s)
+    RETURNING current_epoch
+)
+INSERT INTO device_sessions
+    (device_id, epoch, device_nonce, server_nonce, cid, drk_version, established_at)
+SELECT %(d)s, current_epoch, %(nd)s, %(ns)s, %(cid)s, %(v)s, %(now)s FROM bump
+RETURNING epoch
+"""
+_SUPERSEDE = """
+UPDATE device_sessions SET superseded_at = %(now)s
+WHERE device_id = %(d)s AND epoch < %(e)s AND superseded_at IS NULL
+"""
+_STATE = """
+INSERT INTO device_state AS s
+    (device_id, last_seen, last_ts, latest, firmware, rssi, online, presence_epoch, since)
+SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::jsonb[], %s::text[],
+                     %s::smallint[], %s::boolean[], %s::bigint[], %s::timestamptz[])
+ORDER BY 1
+ON CONFLICT (device_id) DO UPDATE SET
+    last_seen = greatest(s.last_seen, excluded.last_seen),
+    last_ts = greatest(s.last_ts, excluded.last_ts),
+    latest = CASE WHEN excluded.last_ts IS NULL THEN s.latest
+                  WHEN s.last_ts IS NULL OR excluded.last_ts >= s.last_ts
+                  THEN s.latest || excluded.latest ELSE excluded.latest || s.latest END,
+    firmware = coalesce(excluded.firmware, s.firmware),
+    rssi = coalesce(excluded.rssi, s.rssi),
+    -- Presence is ordered by session epoch, then time: a late "offline" of session n never
+    -- overrides "online" of session n+1.
+    online = CASE WHEN excluded.presence_epoch IS NOT NULL AND (s.presence_epoch IS NULL
+                  OR (excluded.presence_epoch, excluded.since) >= (s.presence_epoch, s.since))
+                  THEN excluded.online ELSE s.online END,
+    since = CASE WHEN excluded.presence_epoch IS NOT NULL AND (s.presence_epoch IS NULL
+                  OR (excluded.presence_epoch, excluded.since) >= (s.presence_epoch, s.since))
+                  THEN excluded.since ELSE s.since END,
+    presence_epoch = greatest(s.presence_epoch, excluded.presence_epoch)
+"""
+_QUARANTINE = """
+INSERT INTO quarantine (digest, received_at, last_seen_at, device_id, kind, reason, detail, size,
+                        epoch, counter)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (digest) DO UPDATE SET last_seen_at = excluded.last_seen_at,
+    occurrences = quarantine.occurrences + %s
+"""
+
+
+@dataclass(slots=True)
+class Written:
+    """What the database made of a batch."""
+
+    stored: list[AcceptedFrame] = field(default_factory=list)  # new frames
+    duplicates: list[AcceptedFrame] = field(default_factory=list)  # already stored before
+    sessions: list[tuple[KeyExchange, SessionRecord]] = field(default_factory=list)
+    kx_rejects: list[Reject] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _State:
+    last_seen: datetime
+    last_ts: datetime | None = None
+    latest: dict[str, object] = field(default_factory=dict)
+    firmware: str | None = None
+    rssi: int | None = None
+    online: bool | None = None
+    presence_epoch: int | None = None
+    since: datetime | None = None
+
+    def presence(self, *, online: bool, epoch: int, at: datetime) -> None:
+        if self.presence_epoch is None or (epoch, at) >= (self.presence_epoch, self.since or at):
+            self.online, self.presence_epoch, self.since = online, epoch, at
+
+
+class TelemetryStore:
+    """Writes pipeline outcomes over one connection (owned by the caller)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        conn.execute(_STAGING)
+        conn.commit()
+
+    def write(self, batch: Sequence[Inbound], outcome: Outcome, *, now: datetime) -> Written:
+        """Store one batch atomically; returns what was new, duplicate, and the new sessions."""
+        written = Written()
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            self._key_exchanges(cur, outcome.key_exchanges, batch, now, written)
+            new = self._ledger(cur, outcome.accepted + outcome.duplicates_seen, now)
+            for frame in outcome.accepted + outcome.duplicates_seen:
+                (written.stored if frame.key in new else written.duplicates).append(frame)
+                new.discard(frame.key)  # a second copy in the same batch is a duplicate
+            self._rows(cur, written.stored, now)
+            self._state(cur, written, outcome, now)
+            self._quarantine(cur, batch, outcome.rejects + written.kx_rejects, written, now)
+        return written
+
+    def _key_exchanges(
+        self,
+        cur: psycopg.Cursor[Any],
+        exchanges: list[KeyExchange],
+        batch: Sequence[Inbound],
+        now: datetime,
+        written: Written,
+    ) -> None:
+        for kx in sorted(exchanges, key=lambda k: k.device_id):
+            req = kx.request
+            params = {
+                "d": kx.device_id,
+                "nd": req.device_nonce,
+                "ns": kx.server_nonce,
+                "cid": req.cid,
+                "v": req.drk_version,
+                "now": now,
+            }
+            row = cur.execute(_KX, params).fetchone()
+            if row is None:
+                size = len(batch[kx.index].payload)
+                written.kx_rejects.append(
+                    Reject(kx.index, kx.device_id, "kx", "kx_replay", "device nonce reused", size)
+                )
+                continue
+            cur.execute(_SUPERSEDE, {"d": kx.device_id, "e": row[0], "now": now})
+            record = SessionRecord(
+                kx.device_id, int(row[0]), req.device_nonce, kx.server_nonce, req.cid, None
+            )
+            written.sessions.append((kx, record))
+
+    def _ledger(
+        self, cur: psycopg.Cursor[Any], frames: list[AcceptedFrame], now: datetime
+    ) -> set[tuple[str, int, int]]:
+        if not frames:
+            return set()
+        with cur.copy("COPY frames_in FROM STDIN") as copy:
+            for f in frames:
+                copy.write_row((utc_from_ms(f.ts_ms), f.device_id, f.epoch, f.counter, f.kind, now))
+        cur.execute(_LEDGER)
+        return {(r[0], r[1], r[2]) for r in cur.fetchall()}
+
+    def _rows(self, cur: psycopg.Cursor[Any], frames: list[AcceptedFrame], now: datetime) -> None:
+        plain = [
+            (utc_from_ms(f.ts_ms), f.device_id, code, value)
+            for f in frames
+            for code, value in f.plain
+        ]
+        _copy(cur, "telemetry", "ts, device_id, point, value", plain)
+        sealed: dict[str, list[tuple[object, ...]]] = {}
+        for f in frames:
+            ts = utc_from_ms(f.ts_ms)
+            for retention, code, blob in f.sealed:
+                table = (
+                    "device_info"
+                    if retention is RetentionClass.NETWORK
+                    else SEALED_TABLES[retention]
+                )
+                sealed.setdefault(table, []).append(
+                    (ts, f.device_id, f.binding, f.epoch, f.counter, code, blob)
+                )
+        for table, rows in sealed.items():
+            _copy(cur, table, "ts, device_id, binding, epoch, counter, point, enc", rows)
+        presence = [
+            (utc_from_ms(f.ts_ms), f.device_id, f.epoch, f.online, "status")
+            for f in frames
+            if f.online is not None
+        ]
+        _copy(cur, "presence_events", "ts, device_id, epoch, online, source", presence)
+        del now
+
+    def _state(
+        self, cur: psycopg.Cursor[Any], written: Written, outcome: Outcome, now: datetime
+    ) -> None:
+        states: dict[str, _State] = {}
+        for f in written.stored:
+            st = states.setdefault(f.device_id, _State(now))
+            ts = utc_from_ms(f.ts_ms)
+            if f.latest and (st.last_ts is None or ts >= st.last_ts):
+                st.latest.update(f.latest)
+                st.last_ts = ts
+            st.firmware = f.firmware or st.firmware
+            st.rssi = f.rssi if f.rssi is not None else st.rssi
+            if f.online is not None:
+                st.presence(online=f.online, epoch=f.epoch, at=ts)
+        for _, session in written.sessions:
+            states.setdefault(session.device_id, _State(now)).presence(
+                online=True, epoch=session.epoch, at=now
+            )
+        presence = [(w.device_id, w.epoch, now) for w in outcome.wills]
+        for device_id, epoch, at in presence:
+            states.setdefault(device_id, _State(now)).presence(online=False, epoch=epoch, at=at)
+        _copy(
+            cur,
+            "presence_events",
+            "ts, device_id, epoch, online, source",
+            [(now, s.device_id, s.epoch, True, "key_exchange") for _, s in written.sessions]
+            + [(at, d, e, False, "will") for d, e, at in presence],
+        )
+        if not states:
+            return
+        ids = sorted(states)
+        cols = [[getattr(states[d], name) for d in ids] for name in _State.__slots__]
+        cols[2] = [Jsonb(v) for v in cols[2]]
+        cur.execute(_STATE, [ids, *cols])
+
+    def _quarantine(
+        self,
+        cur: psycopg.Cursor[Any],
+        batch: Sequence[Inbound],
+        rejects: list[Reject],
+        written: Written,
+        now: datetime,
+    ) -> None:
+        replays = [
+            Reject(
+                f.index,
+                f.device_id,
+                _KIND_NAME[f.kind],
+                "replay",
+                "frame already stored",
+                len(batch[f.index].payload),
+                f.epoch,
+                f.counter,
+            )
+            for f in written.duplicates
+            if not batch[f.index].dup  # a broker redelivery is not an attack: no reject
+        ]
+        params = []
+        for r in rejects + replays:
+            msg = batch[r.index]
+            digest = hashlib.sha256(msg.topic.encode() + b"\0" + msg.payload).digest()
+            params.append(
+                (
+                    digest,
+                    now,
+                    now,
+                    r.device_id,
+                    r.kind,
+                    r.code,
+                    r.detail[:200],
+                    r.size,
+                    r.epoch,
+                    r.counter,
+                    0 if msg.dup else 1,
+                )
+            )
+        if params:
+            cur.executemany(_QUARANTINE, params)
+
+
+_KIND_NAME = {1: "telemetry", 2: "status", 3: "info"}
+
+
+def _copy(
+    cur: psycopg.Cursor[Any], table: str, columns: str, rows: Sequence[tuple[object, ...]]
+) -> None:
+    if not rows:
+        return
+    query = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns.split(", ")))
+    )
+    with cur.copy(query) as copy:
+        for row in rows:
+            copy.write_row(row)
