@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 
 from crypto.envelope import DataKey, FieldCipher
 from crypto.keys import KEY_BYTES, Kek, KeyClass, wrap
-from device_registry.errors import UnknownModel
+from device_registry.errors import RegistryUnavailable, UnknownModel
 from device_registry.model import (
     REGISTRY_MAC_CONTEXT,
     DeviceId,
@@ -157,12 +157,25 @@ JOIN unnest(%s::text[], %s::bigint[]) AS k(device_id, value)
 class PostgresDeviceSource:
     """Loads devices and sessions for the bridge's directory cache over one connection."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
+    def __init__(self, conn: Callable[[], psycopg.Connection[Any] | None]) -> None:
+        self._conn = conn
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        conn = self._conn()
+        if conn is None or conn.closed:
+            raise RegistryUnavailable("no database connection")
+        return conn
 
     def devices(self, device_ids: Collection[str]) -> Mapping[str, DeviceRecord]:
-        """Load device records by id."""
-        return load_records(self.conn, device_ids)
+        """Load device records by id.
+
+        Raises:
+            RegistryUnavailable: the database cannot be reached.
+        """
+        try:
+            return load_records(self._connection(), device_ids)
+        except psycopg.OperationalError as exc:
+            raise RegistryUnavailable(type(exc).__name__) from exc
 
     def sessions(
         self, keys: Collection[tuple[str, int]]
@@ -178,6 +191,9 @@ class PostgresDeviceSource:
 
     def _query(self, column: str, keys: Collection[tuple[str, int]]) -> list[SessionRecord]:
         query = sql.SQL(_SESSIONS).format(column=sql.Identifier(column))
-        with self.conn.cursor() as cur:
-            cur.execute(query, ([k[0] for k in keys], [k[1] for k in keys]))
-            return [SessionRecord(*row) for row in cur.fetchall()]
+        try:
+            with self._connection().cursor() as cur:
+                cur.execute(query, ([k[0] for k in keys], [k[1] for k in keys]))
+                return [SessionRecord(*row) for row in cur.fetchall()]
+        except psycopg.OperationalError as exc:
+            raise RegistryUnavailable(type(exc).__name__) from exc

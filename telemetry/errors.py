@@ -57,3 +57,11 @@ FutureReading = _reason("FutureReading", "future_timestamp", "Reading too far in
 MacMismatch = _reason("MacMismatch", "mac_mismatch", "Reported MAC differs from the registry's.")
 KxInvalid = _reason("KxInvalid", "kx_invalid", "Key-exchange request does not authenticate.")
 KxReplay = _reason("KxReplay", "kx_replay", "Key-exchange nonce reused or timestamp skewed.")
+
+
+class StorageFailed(TelemetryError):
+    """The database refused a batch for its data (not an outage); isolate the culprit."""
+
+    def __init__(self, sqlstate: str | None) -> None:
+        super().__init__(f"storage failed: {sqlstate}")
+        self.sqlstate = sqlstate

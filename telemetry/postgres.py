@@ -8,6 +8,7 @@ and quarantine rows. Nothing is acknowledged to the broker until this commits.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from psycopg.types.json import Jsonb
 
 from device_registry.sessions import SessionRecord
 from privacy.retention import RetentionClass
+from telemetry.errors import StorageFailed, Unavailable
 from telemetry.pipeline import (
     SEALED_TABLES,
     AcceptedFrame,
@@ -29,6 +31,7 @@ from telemetry.pipeline import (
     Reject,
     utc_from_ms,
 )
+from telemetry.postgres_layout import compress_due, drop_expired, ensure_ahead, failed_jobs
 
 _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS frames_in (
@@ -119,9 +122,8 @@ class TelemetryStore:
     """Writes pipeline outcomes over one connection (owned by the caller)."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
+        self.conn = conn  # autocommit: each write() is one explicit transaction
         conn.execute(_STAGING)
-        conn.commit()
 
     def write(self, batch: Sequence[Inbound], outcome: Outcome, *, now: datetime) -> Written:
         """Store one batch atomically; returns what was new, duplicate, and the new sessions."""
@@ -302,3 +304,78 @@ def _copy(
     with cur.copy(query) as copy:
         for row in rows:
             copy.write_row(row)
+
+
+class Database:
+    """One worker's connection: opened lazily, dropped on failure, errors translated."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self.conn: psycopg.Connection[Any] | None = None
+        self.store: TelemetryStore | None = None
+
+    def open(self) -> TelemetryStore:
+        """Return the store, connecting first if needed.
+
+        Raises:
+            Unavailable: the database cannot be reached.
+        """
+        if self.store is not None and self.conn is not None and not self.conn.closed:
+            return self.store
+        try:
+            self.conn = psycopg.connect(self._dsn, connect_timeout=5, autocommit=True)
+            self.store = TelemetryStore(self.conn)
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise Unavailable("database unreachable") from exc
+        return self.store
+
+    def write(self, batch: Sequence[Inbound], outcome: Outcome, *, now: datetime) -> Written:
+        """Write through the store, translating driver errors.
+
+        Raises:
+            Unavailable: connection lost or the server is shutting down; retry later.
+            StorageFailed: the data itself was refused.
+        """
+        store = self.open()
+        try:
+            return store.write(batch, outcome, now=now)
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise Unavailable(type(exc).__name__) from exc
+        except psycopg.Error as exc:
+            self.close()
+            raise StorageFailed(exc.sqlstate) from exc
+
+    def maintain(self, now: datetime) -> dict[str, int] | None:
+        """Run storage maintenance unless another worker holds the lock; None when skipped."""
+        conn = self.conn
+        if conn is None:
+            return None
+        try:
+            with conn.transaction():
+                row = conn.execute(
+                    "SELECT pg_try_advisory_xact_lock(%s)", (_MAINTENANCE_LOCK,)
+                ).fetchone()
+                if not row or not row[0]:
+                    return None
+                return {
+                    "created": ensure_ahead(conn, now),
+                    "dropped": len(drop_expired(conn, now)),
+                    "compressed": compress_due(conn, now),
+                    "failed_jobs": len(failed_jobs(conn)),
+                }
+        except psycopg.Error as exc:
+            self.close()
+            raise Unavailable(type(exc).__name__) from exc
+
+    def close(self) -> None:
+        """Drop the connection (a later call reconnects)."""
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+        self.conn = None
+        self.store = None
+
+
+_MAINTENANCE_LOCK = 0x716E6563  # advisory lock id: one worker at a time does maintenance

@@ -1,0 +1,189 @@
+"""A bridge worker: MQTT batches in, one committed transaction per batch, acks after commit.
+
+Loop: take a batch from the inbox → run the pipeline → write it in one transaction → commit →
+publish key-exchange answers and storage receipts → PUBACK every message of the batch. A
+database outage leaves the batch unacked and in memory; the worker reconnects with jittered
+backoff and writes it again (the ledger makes the retry idempotent). SIGTERM finishes and acks
+the batch in hand, then returns.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import stamina
+import structlog
+
+from broker_bridge.mqtt import BridgeClient
+from broker_bridge.receipts import receipt_topic, seal_receipt
+from crypto.device_keys import encode_kx_response
+from crypto.keys import Kek
+from device_registry.errors import RegistryUnavailable
+from telemetry.directory import DeviceSource, Directory
+from telemetry.errors import StorageFailed, Unavailable
+from telemetry.pipeline import AcceptedFrame, Inbound, Outcome, Pipeline, PipelineConfig, Reject
+from telemetry.postgres import Database, Written
+
+log = structlog.get_logger("broker_bridge.worker")
+
+MAINTENANCE_EVERY_S = (
+    600.0  # partitions are made two days ahead, so hourly would do; 10 min is cheap
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Tunables of a worker."""
+
+    batch_max: int = 2000  # a COPY of 2000 frames takes ~10 ms; bigger batches add latency
+    linger_s: float = 0.02  # waiting to fill a batch trades latency for fewer commits
+    directory_ttl_ms: int = 2000
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+class Worker:
+    """Owns one MQTT client and one database connection."""
+
+    def __init__(
+        self,
+        client: BridgeClient,
+        database: Database,
+        source: DeviceSource,
+        keks: dict[int, Kek],
+        config: WorkerConfig,
+    ) -> None:
+        self._client = client
+        self._db = database
+        self._config = config
+        self._directory = Directory(source, keks, ttl_ms=config.directory_ttl_ms)
+        self._pipeline = Pipeline(self._directory, config.pipeline, os.urandom)
+        self._next_maintenance = 0.0
+        self.batches = 0
+
+    def run(self, stop: threading.Event) -> None:
+        """Process batches until *stop* is set; the batch in hand is finished and acked."""
+        self._client.start()
+        try:
+            while not stop.is_set():
+                batch = self._client.take(self._config.batch_max, self._config.linger_s, 0.25)
+                if batch:
+                    self._handle(batch, stop)
+                elif time.monotonic() >= self._next_maintenance:
+                    self._maintain()
+        finally:
+            self._client.stop()
+            self._db.close()
+
+    def _process(self, batch: list[Inbound]) -> tuple[Written, Outcome]:
+        self._db.open()
+        if time.monotonic() >= self._next_maintenance:
+            self._maintain()
+        now = datetime.now(UTC)
+        outcome = self._pipeline.process(batch, now_ms=int(now.timestamp() * 1000))
+        return self._db.write(batch, outcome, now=now), outcome
+
+    def _handle(self, batch: list[Inbound], stop: threading.Event) -> None:
+        started = time.perf_counter()
+        try:
+            for attempt in stamina.retry_context(
+                on=(Unavailable, RegistryUnavailable), attempts=None, timeout=None, wait_max=5.0
+            ):
+                with attempt:
+                    if stop.is_set() and attempt.num > 1:
+                        return  # unacked: the broker redelivers to the next session
+                    try:
+                        written, outcome = self._process(batch)
+                    except (Unavailable, RegistryUnavailable) as exc:
+                        log.warning("bridge.db_unavailable", error=str(exc), batch=len(batch))
+                        raise
+        except StorageFailed as exc:
+            log.warning("bridge.batch_refused", sqlstate=exc.sqlstate, batch=len(batch))
+            written, outcome = self._isolate(batch)
+        self._after_commit(written)
+        acked = self._client.ack(batch)
+        self.batches += 1
+        log.info(
+            "bridge.batch",
+            messages=len(batch),
+            stored=len(written.stored),
+            duplicates=len(written.duplicates),
+            rejected=len(outcome.rejects) + len(written.kx_rejects),
+            key_exchanges=len(written.sessions),
+            acked=acked,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+    def _isolate(self, batch: list[Inbound]) -> tuple[Written, Outcome]:
+        """Write messages one by one after a data error, quarantining any that fails alone."""
+        total, outcome_all = Written(), Outcome()
+        for msg in batch:
+            for attempt in stamina.retry_context(
+                on=(Unavailable, RegistryUnavailable), attempts=None, timeout=None
+            ):
+                with attempt:
+                    try:
+                        written, outcome = self._process([msg])
+                    except StorageFailed as exc:
+                        outcome = Outcome(
+                            rejects=[
+                                Reject(
+                                    0,
+                                    None,
+                                    "other",
+                                    "storage_error",
+                                    exc.sqlstate or "",
+                                    len(msg.payload),
+                                )
+                            ]
+                        )
+                        written = self._db.write([msg], outcome, now=datetime.now(UTC))
+            total.stored += written.stored
+            total.duplicates += written.duplicates
+            total.sessions += written.sessions
+            outcome_all.rejects += outcome.rejects
+        return total, outcome_all
+
+    def _after_commit(self, written: Written) -> None:
+        now_ms = int(time.time() * 1000)
+        for kx, session in written.sessions:
+            device = self._directory.device(kx.device_id)
+            if device is None:
+                continue
+            self._directory.rekeyed(session, since=datetime.now(UTC), now_ms=now_ms)
+            answer = encode_kx_response(
+                device.kx_key,
+                kx.device_id,
+                kx.request,
+                epoch=session.epoch,
+                server_nonce=kx.server_nonce,
+            )
+            self._client.publish(f"devices/{kx.device_id}/down/kx", answer, qos=1)
+        self._receipts(written.stored + written.duplicates)
+
+    def _receipts(self, frames: Sequence[AcceptedFrame]) -> None:
+        by_session: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for f in frames:
+            by_session[(f.device_id, f.epoch)].append(f.counter)
+        for (device_id, epoch), counters in by_session.items():
+            session = self._directory.session(device_id, epoch)
+            if session is None:
+                continue
+            counter = int.from_bytes(os.urandom(8), "big") >> 1 or 1
+            payload = seal_receipt(session[0], device_id, counters, counter=counter)
+            self._client.publish(receipt_topic(device_id), payload, qos=0)
+
+    def _maintain(self) -> None:
+        self._next_maintenance = time.monotonic() + MAINTENANCE_EVERY_S
+        try:
+            summary = self._db.maintain(datetime.now(UTC))
+        except Unavailable:
+            self._next_maintenance = time.monotonic() + 5.0
+            return
+        if summary is not None:
+            log.info("bridge.maintenance", **summary)

@@ -1,0 +1,215 @@
+"""The ``qnect`` command line (Typer). Settings are read from the environment once per command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import psycopg
+import typer
+from rich.progress import Progress
+
+from broker_bridge.mqtt import BrokerAddress
+from device_registry.postgres import provision
+from device_registry.profiles import MODELS
+from qnect import local_broker, simulator
+from qnect.bridge import supervise
+from qnect.logs import configure
+from qnect.migrate import layout, migrate
+from qnect.settings import KEK_VERSION, Settings, create_root_key_file
+from qnect.stats import stats
+
+app = typer.Typer(help="Qnect cloud ingestion backend.", no_args_is_help=True)
+keys_app = typer.Typer(help="Key management.", no_args_is_help=True)
+device_app = typer.Typer(help="Device registry.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(device_app, name="device")
+
+LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/qnect"
+LOCAL_DIR = Path("var")
+
+
+def _settings() -> Settings:
+    return Settings()  # type: ignore[call-arg]  # fields come from QNECT_* variables
+
+
+@keys_app.command("init")
+def keys_init(out: Annotated[Path, typer.Option(help="Root key file to create (0600).")]) -> None:
+    """Create a new random root key file; never overwrites."""
+    try:
+        create_root_key_file(out)
+    except FileExistsError:
+        typer.echo(f"{out} exists; refusing to overwrite", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"root key written to {out}")
+
+
+@app.command("migrate")
+def migrate_cmd() -> None:
+    """Bring the schema up to date (idempotent)."""
+    settings = _settings()
+    dsn = settings.database_url.get_secret_value()
+    applied = migrate(dsn, timescale=settings.timescale)
+    typer.echo(json.dumps({"applied": applied, "layout": layout(dsn)}))
+
+
+@device_app.command("provision")
+def device_provision(
+    model: Annotated[str, typer.Option(help=f"One of: {', '.join(MODELS)}.")],
+    count: Annotated[int, typer.Option(min=1)],
+    out: Annotated[Path, typer.Option(help="JSON credentials file for the factory line.")],
+) -> None:
+    """Create devices with fresh root keys and write their credentials file."""
+    if model not in MODELS:
+        typer.echo(f"unknown model {model!r}; choose one of {', '.join(MODELS)}", err=True)
+        raise typer.Exit(2)
+    settings = _settings()
+    kek = settings.keks()[KEK_VERSION]
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        creds = provision(conn, kek, model, count)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump([c.to_json() for c in creds], f)
+    typer.echo(f"provisioned {count} {model} device(s); credentials in {out}")
+
+
+@app.command("bridge")
+def bridge_cmd(
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    batch: Annotated[int, typer.Option(min=1, help="Max messages per transaction.")] = 2000,
+) -> None:
+    """Run bridge workers until SIGTERM; the batch in hand is finished and acked."""
+    configure()
+    _settings().keks()  # refuse to start without a usable root key
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    supervise(workers, stop, batch)
+
+
+@app.command("simulate")
+def simulate_cmd(
+    credentials: Annotated[Path, typer.Option(help="Credentials file from device provision.")],
+    messages: Annotated[int, typer.Option(min=0, help="Telemetry frames per device.")] = 50,
+    rate: Annotated[float, typer.Option(help="Frames per second, whole fleet; 0 = max.")] = 0.0,
+    bad_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for receipts.")] = 120.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Last line: JSON summary.")] = False,
+) -> None:
+    """Run a simulated fleet speaking the real protocol; wait for storage receipts."""
+    creds = json.loads(credentials.read_text())
+    address = BrokerAddress.parse(os.environ.get("QNECT_MQTT_URL", "mqtt://127.0.0.1:1883"))
+    summary = _simulate(creds, address, messages, rate, bad_fraction, timeout)
+    typer.echo(json.dumps(summary) if as_json else json.dumps(summary, indent=2))
+    if summary["unconfirmed"]:
+        raise typer.Exit(1)
+
+
+def _simulate(
+    creds: list[dict[str, object]],
+    address: BrokerAddress,
+    messages: int,
+    rate: float,
+    bad_fraction: float,
+    timeout: float,
+) -> dict[str, object]:
+    with Progress(transient=True) as bar:
+        task = bar.add_task("publishing", total=max(1, messages * len(creds)))
+        return simulator.run_fleet(
+            creds,
+            address,
+            messages=messages,
+            rate=rate,
+            bad_fraction=bad_fraction,
+            confirm_timeout_s=timeout,
+            progress=lambda done, _total: bar.update(task, completed=done),
+        )
+
+
+@app.command("stats")
+def stats_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Accepted frames and rejects per reason, counted from the database."""
+    result = stats(_settings().database_url.get_secret_value())
+    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+
+
+@app.command("run")
+def run_cmd(
+    devices: Annotated[int, typer.Option(help="Simulated devices per model (0: none).")] = 20,
+    messages: Annotated[int, typer.Option(help="Frames per simulated device.")] = 50,
+    bad_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.02,
+    workers: Annotated[int, typer.Option(min=1)] = 2,
+    exit_after: Annotated[bool, typer.Option(help="Stop after the simulation.")] = False,
+) -> None:
+    """Everything for a local deployment: database, keys, broker, bridge, a simulated fleet."""
+    configure()
+    env = os.environ
+    if "QNECT_DATABASE_URL" not in env:
+        _ensure_database(LOCAL_DSN)
+        env["QNECT_DATABASE_URL"] = LOCAL_DSN
+    if "QNECT_ROOT_KEY_FILE" not in env:
+        key = (LOCAL_DIR / "root.key").resolve()
+        if not key.exists():
+            create_root_key_file(key)
+            typer.echo(f"created a local root key at {key} (keep it: it opens every stored key)")
+        env["QNECT_ROOT_KEY_FILE"] = str(key)
+    broker = None
+    if "QNECT_MQTT_URL" not in env:
+        port = local_broker.free_port()
+        broker = local_broker.start_mosquitto((LOCAL_DIR / "mosquitto").resolve(), port)
+        env["QNECT_MQTT_URL"] = f"mqtt://127.0.0.1:{port}"
+        typer.echo(f"started mosquitto on 127.0.0.1:{port} (pid {broker.pid})")
+    settings = _settings()
+    dsn = settings.database_url.get_secret_value()
+    migrate(dsn, timescale=settings.timescale)
+    typer.echo(f"schema up to date ({layout(dsn)} layout)")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    supervisor = threading.Thread(target=supervise, args=(workers, stop), name="supervisor")
+    supervisor.start()
+    try:
+        if devices:
+            _demo_fleet(settings, devices, messages, bad_fraction)
+        if not exit_after:
+            typer.echo("bridge running; Ctrl-C to stop")
+            stop.wait()
+    finally:
+        stop.set()
+        supervisor.join()
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)
+
+
+def _demo_fleet(settings: Settings, per_model: int, messages: int, bad_fraction: float) -> None:
+    kek = settings.keks()[KEK_VERSION]
+    creds: list[dict[str, object]] = []
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        for model in MODELS:
+            creds += [c.to_json() for c in provision(conn, kek, model, per_model)]
+    typer.echo(f"provisioned {len(creds)} simulated devices; sending {messages} frames each")
+    summary = _simulate(
+        creds, BrokerAddress.parse(settings.mqtt_url), messages, 0.0, bad_fraction, 120.0
+    )
+    typer.echo(json.dumps({"simulator": summary}, indent=2))
+    typer.echo(json.dumps({"stats": stats(settings.database_url.get_secret_value())}, indent=2))
+
+
+def _ensure_database(dsn: str) -> None:
+    admin = dsn.rsplit("/", 1)[0] + "/postgres"
+    name = dsn.rsplit("/", 1)[1]
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+
+
+def main() -> None:
+    """Console entry point."""
+    app()

@@ -1,0 +1,73 @@
+"""Schema migrations: an ordered list of steps recorded in ``schema_migrations``.
+
+SQL steps are files next to this module; the series tables are a Python step because their DDL
+depends on the storage layout (TimescaleDB or native partitions, ``telemetry.postgres_layout``).
+Runs under an advisory lock, so concurrent ``qnect migrate`` calls are safe and idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import psycopg
+
+from telemetry.postgres_layout import create_series, ensure_ahead, timescale_available
+
+_LOCK = 0x716E6D67
+Step = Callable[[psycopg.Connection[Any], str], None]
+
+
+def _sql(name: str) -> Step:
+    def run(conn: psycopg.Connection[Any], _mode: str) -> None:
+        text = resources.files("qnect.migrations").joinpath(name).read_text()
+        conn.execute(text.encode())
+
+    return run
+
+
+def _series(conn: psycopg.Connection[Any], mode: str) -> None:
+    if mode == "off":
+        kind = "native"
+    elif timescale_available(conn):
+        kind = "timescale"
+    elif mode == "on":
+        raise RuntimeError("QNECT_TIMESCALE=on but CREATE EXTENSION timescaledb failed")
+    else:
+        kind = "native"
+    create_series(conn, kind)
+
+
+MIGRATIONS: list[tuple[str, Step]] = [
+    ("0001_core", _sql("0001_core.sql")),
+    ("0002_series", _series),
+]
+
+
+def migrate(dsn: str, *, timescale: str = "auto") -> list[str]:
+    """Apply pending migrations; returns the versions applied now."""
+    applied_now: list[str] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            for version, step in MIGRATIONS:
+                if version not in done:
+                    step(conn, timescale)
+                    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+                    applied_now.append(version)
+            ensure_ahead(conn, datetime.now(UTC))
+    return applied_now
+
+
+def layout(dsn: str) -> str:
+    """Which storage layout the database uses."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT kind FROM storage_layout").fetchone()
+        return str(row[0]) if row else "none"
