@@ -172,8 +172,8 @@ def encode_kx_response(
     return body + _mac(k_kx, b"kxresp", lp(device_id.encode()), request.body, body)
 
 
-def decode_kx_response(k_kx: bytes, device_id: str, request_body: bytes, data: bytes) -> KxResponse:
-    """Parse and authenticate a key-exchange response (device side).
+def decode_kx_response(k_kx: bytes, device_id: str, request: bytes, data: bytes) -> KxResponse:
+    """Parse and authenticate the response to *request*, the bytes the device sent.
 
     Raises:
         MalformedFrame: wrong length or type.
@@ -185,6 +185,7 @@ def decode_kx_response(k_kx: bytes, device_id: str, request_body: bytes, data: b
     if version != PROTOCOL_VERSION or kind != _KX_RESP_TYPE:
         raise MalformedFrame("not a key-exchange response")
     body = data[: _KX_RESP.size]
+    request_body = request[: _KX_REQ.size]
     expected = _mac(k_kx, b"kxresp", lp(device_id.encode()), request_body, body)
     if not hmac.compare_digest(expected, data[_KX_RESP.size :]):
         raise DecryptionFailed("kx")

@@ -23,7 +23,9 @@ from qnect.migrate import layout, migrate
 from qnect.settings import KEK_VERSION, Settings, create_root_key_file
 from qnect.stats import stats
 
-app = typer.Typer(help="Qnect cloud ingestion backend.", no_args_is_help=True)
+app = typer.Typer(
+    help="Qnect cloud ingestion backend.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 keys_app = typer.Typer(help="Key management.", no_args_is_help=True)
 device_app = typer.Typer(help="Device registry.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
