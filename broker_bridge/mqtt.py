@@ -52,8 +52,9 @@ class BrokerAddress:
 class BridgeClient:
     """One worker's MQTT connection; messages land in an in-memory inbox until acked."""
 
-    def __init__(self, address: BrokerAddress, client_id: str) -> None:
+    def __init__(self, address: BrokerAddress, client_id: str, *, drain: bool = False) -> None:
         self._address = address
+        self._drain = drain
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -86,10 +87,22 @@ class BridgeClient:
         )
         self._client.loop_start()
 
-    def stop(self) -> None:
-        """Disconnect cleanly; unacked messages stay in the broker session."""
-        self._client.disconnect()
+    def stop(self, *, end_session: bool = False) -> None:
+        """Disconnect cleanly; unacked messages stay in the broker session.
+
+        With *end_session* the broker deletes the session (a retired worker's last act).
+        """
+        props = None
+        if end_session:
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+        self._client.disconnect(properties=props)
         self._client.loop_stop()
+
+    def idle(self) -> bool:
+        """Connected with nothing waiting in the inbox."""
+        with self._ready:
+            return self.connected.is_set() and not self._inbox
 
     def take(self, max_items: int, linger_s: float, wait_s: float) -> list[Inbound]:
         """Wait up to *wait_s* for a first message, then up to *linger_s* to fill a batch."""
@@ -130,7 +143,12 @@ class BridgeClient:
             # Whatever was delivered on the old connection and not acked will be redelivered
             # by the broker on this one; drop our copies so nothing is processed twice here.
             self._inbox.clear()
-        client.subscribe(SHARED_FILTER, qos=1)
+        if self._drain:
+            # A retired member leaves the share group at once (no new messages), while the
+            # broker still delivers what its session had queued.
+            client.unsubscribe(SHARED_FILTER)
+        else:
+            client.subscribe(SHARED_FILTER, qos=1)
         self.connected.set()
 
     def _on_disconnect(

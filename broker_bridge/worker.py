@@ -32,6 +32,8 @@ from telemetry.postgres import Database, Written
 
 log = structlog.get_logger("broker_bridge.worker")
 
+DRAIN_QUIET_S = 2.0  # a retired session is empty once the broker sent nothing for this long
+
 MAINTENANCE_EVERY_S = (
     600.0  # partitions are made two days ahead, so hourly would do; 10 min is cheap
 )
@@ -66,18 +68,27 @@ class Worker:
         self._next_maintenance = 0.0
         self.batches = 0
 
-    def run(self, stop: threading.Event) -> None:
-        """Process batches until *stop* is set; the batch in hand is finished and acked."""
+    def run(self, stop: threading.Event, *, drain: bool = False) -> None:
+        """Process batches until *stop* is set; the batch in hand is finished and acked.
+
+        With *drain*, stop once the session has been empty for ``DRAIN_QUIET_S`` and end it.
+        """
         self._client.start()
+        quiet_since: float | None = None
         try:
             while not stop.is_set():
                 batch = self._client.take(self._config.batch_max, self._config.linger_s, 0.25)
                 if batch:
                     self._handle(batch, stop)
+                    quiet_since = None
+                elif drain and self._client.idle():
+                    quiet_since = quiet_since or time.monotonic()
+                    if time.monotonic() - quiet_since > DRAIN_QUIET_S:
+                        break
                 elif time.monotonic() >= self._next_maintenance:
                     self._maintain()
         finally:
-            self._client.stop()
+            self._client.stop(end_session=drain and not stop.is_set())
             self._db.close()
 
     def _process(self, batch: list[Inbound]) -> tuple[Written, Outcome]:

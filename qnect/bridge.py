@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from types import FrameType
 
+import stamina
 import structlog
 
 from broker_bridge.mqtt import BridgeClient, BrokerAddress
@@ -16,6 +17,7 @@ from broker_bridge.worker import Worker, WorkerConfig
 from device_registry.postgres import PostgresDeviceSource
 from qnect.logs import configure
 from qnect.settings import Settings
+from telemetry.errors import Unavailable
 from telemetry.pipeline import PipelineConfig
 from telemetry.postgres import Database
 
@@ -29,6 +31,7 @@ class BridgeOptions:
 
     index: int
     batch_max: int = 2000
+    drain: bool = False  # a session of a retired worker: empty it, then end it
 
 
 def run_worker(options: BridgeOptions) -> None:
@@ -43,7 +46,9 @@ def run_worker(options: BridgeOptions) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     database = Database(settings.database_url.get_secret_value())
-    client = BridgeClient(BrokerAddress.parse(settings.mqtt_url), f"qnect-bridge-{options.index}")
+    client = BridgeClient(
+        BrokerAddress.parse(settings.mqtt_url), f"qnect-bridge-{options.index}", drain=options.drain
+    )
     config = WorkerConfig(
         batch_max=options.batch_max,
         pipeline=PipelineConfig(epoch_grace_ms=int(settings.epoch_grace_s * 1000)),
@@ -51,31 +56,78 @@ def run_worker(options: BridgeOptions) -> None:
     worker = Worker(
         client, database, PostgresDeviceSource(lambda: database.conn), settings.keks(), config
     )
-    log.info("bridge.worker_started", worker=options.index)
-    worker.run(stop)
+    client_id = f"qnect-bridge-{options.index}"
+    for attempt in stamina.retry_context(on=Unavailable, attempts=None, timeout=None):
+        with attempt:
+            database.register_session(client_id)
+    log.info("bridge.worker_started", worker=options.index, drain=options.drain)
+    worker.run(stop, drain=options.drain)
+    if options.drain and not stop.is_set():
+        database.retire_session(client_id)
+        database.close()
     log.info("bridge.worker_stopped", worker=options.index, batches=worker.batches)
 
 
-def supervise(workers: int, stop: threading.Event, batch_max: int = 2000) -> None:
-    """Run *workers* processes, restarting any that dies, until *stop* is set."""
-    ctx = multiprocessing.get_context("spawn")
-    procs: dict[int, multiprocessing.process.BaseProcess] = {}
+class _Supervisor:
+    """Keeps worker processes (and drains of retired sessions) running."""
 
-    def spawn(i: int) -> None:
-        proc = ctx.Process(target=run_worker, args=(BridgeOptions(i, batch_max),), name=f"w{i}")
+    def __init__(self, batch_max: int) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self._batch_max = batch_max
+        self.workers: dict[int, multiprocessing.process.BaseProcess] = {}
+        self.drains: dict[int, multiprocessing.process.BaseProcess] = {}
+
+    def spawn(self, index: int, *, drain: bool = False) -> None:
+        options = BridgeOptions(index, self._batch_max, drain=drain)
+        proc = self._ctx.Process(target=run_worker, args=(options,), name=f"worker-{index}")
         proc.start()
-        procs[i] = proc
+        (self.drains if drain else self.workers)[index] = proc
 
-    for i in range(workers):
-        spawn(i)
-    while not stop.wait(0.5):
-        for i, proc in list(procs.items()):
+    def check(self) -> None:
+        for index, proc in list(self.drains.items()):
             if not proc.is_alive():
-                log.warning("bridge.worker_died", worker=i, exitcode=proc.exitcode)
+                del self.drains[index]
+                if proc.exitcode != 0:
+                    self.spawn(index, drain=True)
+        for index, proc in list(self.workers.items()):
+            if not proc.is_alive():
+                log.warning("bridge.worker_died", worker=index, exitcode=proc.exitcode)
                 time.sleep(RESTART_DELAY_S)
-                spawn(i)
-    for proc in procs.values():
-        if proc.pid is not None and proc.is_alive():
-            proc.terminate()  # SIGTERM: the worker finishes and acks its batch
-    for proc in procs.values():
-        proc.join(30)
+                self.spawn(index)
+
+    def stop(self) -> None:
+        everyone = [*self.workers.values(), *self.drains.values()]
+        for proc in everyone:
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: the worker finishes and acks its batch
+        for proc in everyone:
+            proc.join(30)
+
+
+def supervise(workers: int, stop: threading.Event, batch_max: int = 2000) -> None:
+    """Run *workers* processes, restarting any that dies, until *stop* is set.
+
+    Sessions of workers beyond *workers* left by a larger deployment are drained and ended,
+    since the broker keeps routing their share of the shared subscription to them.
+    """
+    supervisor = _Supervisor(batch_max)
+    for index in range(workers):
+        supervisor.spawn(index)
+    for index in _retired(workers):
+        log.info("bridge.draining_retired_session", worker=index)
+        supervisor.spawn(index, drain=True)
+    while not stop.wait(0.5):
+        supervisor.check()
+    supervisor.stop()
+
+
+def _retired(workers: int) -> list[int]:
+    """Indices of registered bridge sessions beyond the *workers* now configured."""
+    settings = Settings()  # type: ignore[call-arg]
+    database = Database(settings.database_url.get_secret_value())
+    for attempt in stamina.retry_context(on=Unavailable, attempts=None, timeout=None):
+        with attempt:
+            ids = database.sessions()
+    database.close()
+    indices = [int(c.rsplit("-", 1)[1]) for c in ids if c.startswith("qnect-bridge-")]
+    return sorted(i for i in indices if i >= workers)

@@ -369,6 +369,28 @@ class Database:
             self.close()
             raise Unavailable(type(exc).__name__) from exc
 
+    def register_session(self, client_id: str) -> None:
+        """Record that a bridge session with *client_id* exists at the broker."""
+        self.open()
+        assert self.conn is not None  # noqa: S101 - open() connected
+        self.conn.execute(
+            "INSERT INTO bridge_sessions (client_id) VALUES (%s) ON CONFLICT (client_id) "
+            "DO UPDATE SET last_start = now()",
+            (client_id,),
+        )
+
+    def retire_session(self, client_id: str) -> None:
+        """Forget a bridge session that was drained and ended."""
+        self.open()
+        assert self.conn is not None  # noqa: S101
+        self.conn.execute("DELETE FROM bridge_sessions WHERE client_id = %s", (client_id,))
+
+    def sessions(self) -> list[str]:
+        """Client ids of bridge sessions known to exist at the broker."""
+        self.open()
+        assert self.conn is not None  # noqa: S101
+        return [r[0] for r in self.conn.execute("SELECT client_id FROM bridge_sessions")]
+
     def close(self) -> None:
         """Drop the connection (a later call reconnects)."""
         if self.conn is not None:

@@ -70,3 +70,11 @@ CREATE TABLE storage_layout (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     kind      text NOT NULL CHECK (kind IN ('timescale', 'native'))
 );
+
+-- Bridge worker sessions known to the broker: a shared-subscription member that stops for good
+-- keeps receiving its share into its persistent session, so a smaller deployment drains the
+-- sessions of the workers it no longer runs (qnect.bridge).
+CREATE TABLE bridge_sessions (
+    client_id  text PRIMARY KEY,
+    last_start timestamptz NOT NULL DEFAULT now()
+);

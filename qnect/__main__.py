@@ -1,0 +1,5 @@
+"""``python -m qnect`` runs the CLI."""
+
+from qnect.cli import main
+
+main()

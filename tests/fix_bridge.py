@@ -1,0 +1,134 @@
+"""Bridge fixtures: ``qnect bridge`` as a real subprocess tree, with helpers to kill workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.fix_mqtt import Broker
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def children(pid: int) -> list[int]:
+    """PIDs of the direct children of *pid* (read from /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            out.append(int(entry.name))
+    return out
+
+
+@dataclass
+class Bridge:
+    """A running ``qnect bridge`` supervisor."""
+
+    env: dict[str, str]
+    workers: int
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def start(self) -> None:
+        """Start the supervisor and its workers."""
+        assert self.log_path is not None
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "qnect", "bridge", "--workers", str(self.workers)],
+                env=self.env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the worker processes (excluding multiprocessing helpers)."""
+        assert self.proc is not None
+        pids = []
+        for pid in children(self.proc.pid):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"resource_tracker" not in cmd:
+                pids.append(pid)
+        return pids
+
+    def wait_workers(self, timeout: float = 20) -> list[int]:
+        """Wait until every worker process is up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = self.worker_pids()
+            if len(pids) >= self.workers:
+                return pids
+            time.sleep(0.1)
+        raise TimeoutError("workers did not start")
+
+    def kill9_worker(self) -> int:
+        """SIGKILL one worker; the supervisor restarts it."""
+        pid = self.wait_workers()[0]
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def stop(self) -> int:
+        """SIGTERM the supervisor; returns its exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(60)
+        self.proc = None
+        return code
+
+
+def bridge_env(db_dsn: str, broker: Broker, root_key_file: Path, **extra: str) -> dict[str, str]:
+    """Environment for qnect commands against the test services."""
+    env = dict(os.environ)
+    env.update(
+        QNECT_DATABASE_URL=db_dsn,
+        QNECT_MQTT_URL=broker.url,
+        QNECT_ROOT_KEY_FILE=str(root_key_file),
+        **extra,
+    )
+    return env
+
+
+@pytest.fixture
+def bridge_factory(
+    db_dsn: str, broker: Broker, root_key_file: Path, tmp_path: Path
+) -> Iterator[type[Bridge] | object]:
+    """Make bridges against the module's database and broker; stops them at the end."""
+    made: list[Bridge] = []
+
+    def make(workers: int = 1, **extra: str) -> Bridge:
+        b = Bridge(bridge_env(db_dsn, broker, root_key_file, **extra), workers)
+        b.log_path = tmp_path / f"bridge{len(made)}.log"
+        b.start()
+        b.wait_workers()
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        if b.proc is not None:
+            b.stop()
+
+
+def count(dsn: str, query: str) -> int:
+    """Run a scalar count query."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(query.encode()).fetchone()
+        return int(row[0]) if row else 0
