@@ -188,17 +188,20 @@ def _chunk_ahead(conn: Conn, table: SeriesTable, day: date) -> int:
     ).fetchone()
     if row is not None and row[0]:
         return 0
-    # TimescaleDB has no public "create chunk" call: a row inserted in a transaction that is
-    # rolled back leaves its chunk behind, which is all we need.
+    # TimescaleDB has no public "create chunk" call. A placeholder row inserted and deleted
+    # in one committed transaction leaves its chunk behind and is never visible to anyone
+    # (a rolled-back insert would take the chunk with it).
     cols = [part.split()[:2] for part in table.columns.split(", ")]
     names = sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols)
     values = sql.SQL(", ").join(
         sql.Literal(start) if c == "ts" else sql.SQL(_PLACEHOLDER[t]) for c, t in cols
     )
-    with conn.transaction(force_rollback=True):
+    name = sql.Identifier(table.name)
+    with conn.transaction():
+        conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(name, names, values))
         conn.execute(
-            sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-                sql.Identifier(table.name), names, values
+            sql.SQL("DELETE FROM {} WHERE ts = {} AND device_id = ''").format(
+                name, sql.Literal(start)
             )
         )
     return 1
