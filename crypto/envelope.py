@@ -67,7 +67,13 @@ class FieldCipher:
         )
 
     def seal(self, plaintext: bytes, context: FieldContext, *, nonce: bytes) -> bytes:
-        """Encrypt *plaintext* for *context*; *nonce* must be 12 fresh random bytes."""
+        """Encrypt *plaintext* for *context*; *nonce* must be 12 fresh random bytes.
+
+        Raises:
+            ValueError: the nonce is not 12 bytes (the envelope could never be opened).
+        """
+        if len(nonce) != NONCE_BYTES:
+            raise ValueError("nonce must be 12 bytes")
         aad = self._header + context.associated_data(self.data_key.owner)
         return self._header + nonce + self._aead.encrypt(nonce, plaintext, aad)
 

@@ -76,7 +76,12 @@ def wrap(kek: Kek, material: bytes, *, context: bytes, nonce: bytes) -> bytes:
     """Encrypt key *material* under *kek*; *context* (owner, use) is bound as associated data.
 
     Layout: ``version(1) kek_version(2) nonce(12) ciphertext+tag``.
+
+    Raises:
+        ValueError: the nonce is not 12 bytes.
     """
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError("nonce must be 12 bytes")
     header = _WRAP_HEADER.pack(WRAP_VERSION, kek.version)
     sealed = AESGCM(kek.key).encrypt(nonce, material, header + context)
     return header + nonce + sealed

@@ -44,7 +44,9 @@ class ReplayWindow:
         """Mark *counter* as seen (call only after the frame authenticated)."""
         if counter > self.highest:
             shift = counter - self.highest
-            self._bits = ((self._bits << shift) | 1) & ((1 << self.size) - 1)
+            # A jump past the whole window forgets it (and keeps the shift bounded).
+            bits = 0 if shift >= self.size else self._bits << shift
+            self._bits = (bits | 1) & ((1 << self.size) - 1)
             self.highest = counter
         elif self.highest - counter < self.size:
             self._bits |= 1 << (self.highest - counter)

@@ -175,7 +175,7 @@ def test_kx_request_rejects_short_nonce():
 
 @pytest.mark.parametrize("bit", [16, 100, 20 * 8 + 3, 36 * 8, 52 * 8 - 1])
 def test_kx_request_bad_mac(bit: int):
-    """A request with any flipped body or MAC bit (version/type kept) fails with DecryptionFailed."""
+    """A request with a flipped body or MAC bit (version, type kept) is DecryptionFailed."""
     data = _flip(_request(), bit)
     with pytest.raises(DecryptionFailed):
         decode_kx_request(kx_key(ROOT, DEVICE), DEVICE, data)

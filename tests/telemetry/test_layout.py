@@ -71,7 +71,8 @@ def test_timescale_layout_hypertables_compression_retention(timescale_dsn: str) 
         tables = {
             r[0]: r[1]
             for r in conn.execute(
-                "SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables"
+                "SELECT hypertable_name, compression_enabled "
+                "FROM timescaledb_information.hypertables"
             )
         }
         assert tables == {t.name: True for t in SERIES}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -30,7 +31,15 @@ from telemetry.errors import (
     SchemaViolation,
     StaleReading,
 )
-from telemetry.validate import MAX_POINTS, MAX_TS_MS, Limits, Report, check_value, decode_body, validate
+from telemetry.validate import (
+    MAX_POINTS,
+    MAX_TS_MS,
+    Limits,
+    Report,
+    check_value,
+    decode_body,
+    validate,
+)
 
 NOW = 1_700_000_000_000
 LIMITS = Limits()
@@ -119,7 +128,7 @@ def test_decode_body_returns_timestamp_and_map():
     ],
 )
 def test_malformed_payload(payload: bytes):
-    """Anything that is not exactly {t: int ms, d: map} is MalformedPayload, code malformed_payload."""
+    """Anything but exactly {t: int ms, d: map} is MalformedPayload (code malformed_payload)."""
     with pytest.raises(MalformedPayload) as info:
         validate(TELEMETRY, PLUG, payload, now_ms=NOW, limits=LIMITS)
     assert info.value.code == "malformed_payload"
@@ -189,7 +198,14 @@ def test_ssid_unprintable():
 
 
 @pytest.mark.parametrize(
-    "mac", ["aa:bb:cc:dd:ee:ff", "AA-BB-CC-DD-EE-FF", "AA:BB:CC:DD:EE", "AABBCCDDEEFF", "GG:00:00:00:00:00"]
+    "mac",
+    [
+        "aa:bb:cc:dd:ee:ff",
+        "AA-BB-CC-DD-EE-FF",
+        "AA:BB:CC:DD:EE",
+        "AABBCCDDEEFF",
+        "GG:00:00:00:00:00",
+    ],
 )
 def test_bad_mac(mac: str):
     """A MAC not in upper-case colon form is SchemaViolation and not echoed."""
@@ -198,7 +214,9 @@ def test_bad_mac(mac: str):
     assert "mac" in exc.detail
 
 
-@pytest.mark.parametrize("ip", ["999.1.1.1", "1.2.3", "1.2.3.x", "::g", "1:2:3:4:5:6:7:8:9", "1..2.3"])
+@pytest.mark.parametrize(
+    "ip", ["999.1.1.1", "1.2.3", "1.2.3.x", "::g", "1:2:3:4:5:6:7:8:9", "1..2.3"]
+)
 def test_bad_ip(ip: str):
     """An IP failing the pattern or the address parser is SchemaViolation and not echoed."""
     exc = _reject(SchemaViolation, {**GOOD_INFO, "ip": ip}, INFO, kind=ReportKind.INFO)
@@ -244,7 +262,7 @@ def test_range_is_inclusive(value: int):
 
 
 def test_rssi_range():
-    """rssi accepts -120..0 and refuses 1 and -121."""
+    """The rssi point accepts -120..0 and refuses 1 and -121."""
     for ok in (-120, 0):
         _validate({**GOOD_INFO, "rssi": ok}, INFO, ReportKind.INFO)
     for bad in (1, -121):
@@ -321,10 +339,8 @@ def test_check_value_direct():
 @given(payload=st.binary(max_size=200))
 def test_arbitrary_bytes_only_raise_rejected(kind: ReportKind, profile: Profile, payload: bytes):
     """Arbitrary bytes either validate or raise a Rejected subclass, never anything else."""
-    try:
+    with contextlib.suppress(Rejected):
         validate(kind, profile, payload, now_ms=NOW, limits=LIMITS)
-    except Rejected:
-        pass
 
 
 _SCALARS = (
@@ -336,7 +352,9 @@ _SCALARS = (
     | st.binary(max_size=20)
 )
 _VALUES = st.recursive(
-    _SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3), max_leaves=6
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=6,
 )
 
 
@@ -350,7 +368,9 @@ def _report(draw: st.DrawFn, profile: Profile) -> bytes:
 
 @pytest.mark.parametrize(("kind", "profile"), CASES, ids=[p.model for _, p in CASES])
 @given(data=st.data())
-def test_structured_reports_only_raise_rejected(kind: ReportKind, profile: Profile, data: st.DataObject):
+def test_structured_reports_only_raise_rejected(
+    kind: ReportKind, profile: Profile, data: st.DataObject
+):
     """Well-formed msgpack reports with arbitrary names and values only ever raise Rejected."""
     payload = data.draw(_report(profile))
     try:
