@@ -105,6 +105,7 @@ class SimDevice:
         self, creds: dict[str, Any], address: BrokerAddress, tally: Tally, rng: random.Random
     ) -> None:
         self.device_id: str = creds["device_id"]
+        self.client_id = f"sim-{self.device_id}"
         self.model: str = creds["model"]
         self.mac: str = creds["mac"]
         self.drk_version: int = creds["drk_version"]
@@ -133,7 +134,7 @@ class SimDevice:
         """Open the MQTT connection (with a sealed will) and run the key exchange."""
         cid = int.from_bytes(os.urandom(8), "big") >> 1 or 1
         client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"sim-{self.device_id}", protocol=paho.MQTTv5
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
         )
         will_keys = device_keys.will_keys(self._root, self.device_id)
         will = device_keys.seal_frame(
