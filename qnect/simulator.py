@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -80,6 +81,67 @@ def _telemetry_values(model: str, rng: random.Random) -> dict[str, object]:
     return {"motion": True, "media_ref": f"clips/{rng.randint(1, 10**9)}.mp4"}
 
 
+class Pump:
+    """One network thread for all device connections of a fleet.
+
+    paho's ``loop_start`` costs a thread per device and a wake-up syscall per publish; here
+    publishes are written directly by the publishing thread and a single thread reads.
+    """
+
+    def __init__(self) -> None:
+        self._clients: set[paho.Client] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sim-pump", daemon=True)
+        self._thread.start()
+
+    def add(self, client: paho.Client) -> None:
+        """Serve *client* from now on."""
+        with self._lock:
+            self._clients.add(client)
+
+    def remove(self, client: paho.Client) -> None:
+        """Stop serving *client*."""
+        with self._lock:
+            self._clients.discard(client)
+
+    def stop(self) -> None:
+        """End the thread."""
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        last_misc = time.monotonic()
+        while not self._stop.is_set():
+            with self._lock:
+                clients = list(self._clients)
+            if not self._poll_once(clients):
+                time.sleep(0.02)
+            if time.monotonic() - last_misc > 1.0:
+                last_misc = time.monotonic()
+                for client in clients:
+                    client.loop_misc()  # keepalive pings and timeouts
+
+    @staticmethod
+    def _poll_once(clients: list[paho.Client]) -> bool:
+        poller = select.poll()
+        by_fd: dict[int, paho.Client] = {}
+        for client in clients:
+            sock = client.socket()
+            if sock is not None:
+                by_fd[sock.fileno()] = client
+                mask = select.POLLIN | (select.POLLOUT if client.want_write() else 0)
+                poller.register(sock.fileno(), mask)
+        if not by_fd:
+            return False
+        for fd, events in poller.poll(20):
+            if events & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                by_fd[fd].loop_read(64)
+            if events & select.POLLOUT:
+                by_fd[fd].loop_write()
+        return True
+
+
 @dataclass
 class Tally:
     """Counts shared by all devices of a run."""
@@ -102,8 +164,14 @@ class SimDevice:
     """One simulated device with its own MQTT connection."""
 
     def __init__(
-        self, creds: dict[str, Any], address: BrokerAddress, tally: Tally, rng: random.Random
+        self,
+        creds: dict[str, Any],
+        address: BrokerAddress,
+        tally: Tally,
+        rng: random.Random,
+        pump: Pump | None = None,
     ) -> None:
+        self._pump = pump or Pump()
         self.device_id: str = creds["device_id"]
         self.client_id = f"sim-{self.device_id}"
         self.model: str = creds["model"]
@@ -154,10 +222,10 @@ class SimDevice:
         subscribed = threading.Event()
         client.on_subscribe = lambda *_args: subscribed.set()
         client.connect(self._address.host, self._address.port, keepalive=30, clean_start=True)
-        client.loop_start()
+        self._pump.add(client)
         client.subscribe(f"devices/{self.device_id}/down/#", qos=1)
         if not subscribed.wait(KX_TIMEOUT_S):
-            client.loop_stop()
+            self._pump.remove(client)
             raise TimeoutError("subscribe not acknowledged")
         self._client = client
         self._key_exchange(cid)
@@ -195,10 +263,11 @@ class SimDevice:
     def close(self) -> None:
         """Disconnect cleanly (no will)."""
         if self._client is not None:
-            self._client.on_disconnect = None
-            self._client.disconnect()
-            self._client.loop_stop()
-            self._client = None
+            client, self._client = self._client, None
+            client.on_disconnect = None
+            client.disconnect()
+            self._pump.remove(client)
+            client.loop_write()  # flush DISCONNECT; no loop thread does it for us
 
     def _on_disconnect(self, *_args: object) -> None:
         self.needs_rekey = True
@@ -367,7 +436,8 @@ def run_fleet(
     """Run the fleet: connect, send, wait for receipts; returns the JSON summary."""
     rng = random.Random(seed)
     tally = Tally()
-    fleet = [SimDevice(c, address, tally, random.Random(rng.random())) for c in credentials]
+    pump = Pump()
+    fleet = [SimDevice(c, address, tally, random.Random(rng.random()), pump) for c in credentials]
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=32) as pool:
         list(pool.map(lambda d: d.connect(), fleet))
@@ -388,6 +458,8 @@ def run_fleet(
     next_at = time.monotonic()
     for i in range(messages):
         for n, device in enumerate(fleet):
+            if device.needs_rekey:
+                _heal(device)
             if bad_fraction and rng.random() < bad_fraction:
                 kind = rng.choice(BAD_KINDS)
                 device.send_bad(kind, fleet[(n + 1) % len(fleet)])
@@ -405,6 +477,7 @@ def run_fleet(
     finished = time.monotonic()
     for device in fleet:
         device.close()
+    pump.stop()
     good = tally.sent - tally.sent_bad
     return {
         "devices": len(fleet),
@@ -431,9 +504,15 @@ def _await_receipts(
         now = time.monotonic()
         for device in pending:
             if device.needs_rekey or now - device.last_progress > resend_after_s:
-                try:
-                    device.reconnect()
-                except (OSError, TimeoutError):
-                    device.last_progress = time.monotonic()  # broker down: try again later
+                _heal(device)
         time.sleep(0.1)
     del tally
+
+
+def _heal(device: SimDevice) -> None:
+    """Reconnect a device that lost its connection (or its receipts) and resend."""
+    try:
+        device.reconnect()
+    except (OSError, TimeoutError):
+        device.needs_rekey = True
+        device.last_progress = time.monotonic()  # broker down: try again later
