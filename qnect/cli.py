@@ -21,7 +21,7 @@ from qnect.bridge import supervise
 from qnect.logs import configure
 from qnect.migrate import layout, migrate
 from qnect.settings import KEK_VERSION, Settings, create_root_key_file
-from qnect.stats import stats
+from qnect.stats import device_stats, stats
 
 app = typer.Typer(
     help="Qnect cloud ingestion backend.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -135,9 +135,11 @@ def _simulate(
 @app.command("stats")
 def stats_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    device: Annotated[str | None, typer.Option(help="Counts of one device only.")] = None,
 ) -> None:
     """Accepted frames and rejects per reason, counted from the database."""
-    result = stats(_settings().database_url.get_secret_value())
+    dsn = _settings().database_url.get_secret_value()
+    result = device_stats(dsn, device) if device else stats(dsn)
     typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
 
 

@@ -29,6 +29,7 @@ from crypto.device_keys import Flags, SessionKeys
 from device_registry.profiles import PROFILES, PointType
 
 KX_TIMEOUT_S = 10.0
+KX_RETRY_S = (1.0, 2.0, 4.0, 8.0, 8.0)
 BAD_KINDS = (
     "malformed_frame",
     "oversized",
@@ -231,7 +232,8 @@ class SimDevice:
         self._key_exchange(cid)
 
     def _key_exchange(self, cid: int) -> None:
-        for _ in range(3):
+        # Retried with backoff: a request published before any bridge subscribed is gone.
+        for timeout in KX_RETRY_S:
             self._kx_done.clear()
             self._kx_body = device_keys.encode_kx_request(
                 self._kx_key,
@@ -243,7 +245,7 @@ class SimDevice:
             )
             assert self._client is not None  # noqa: S101
             self._client.publish(self.topic("kx"), self._kx_body, qos=1)
-            if self._kx_done.wait(KX_TIMEOUT_S):
+            if self._kx_done.wait(timeout):
                 return
         raise TimeoutError("key exchange not answered")
 

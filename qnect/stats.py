@@ -23,3 +23,23 @@ def stats(dsn: str) -> dict[str, object]:
         "rejected_total": sum(rejected.values()),
         "devices": int(devices[0]) if devices else 0,
     }
+
+
+def device_stats(dsn: str, device_id: str) -> dict[str, object]:
+    """Accepted frames and rejects per reason of one device (the per-device reject counters)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM frames WHERE device_id = %s", (device_id,))
+        accepted = row.fetchone()
+        rejected = {
+            str(reason): int(n)
+            for reason, n in conn.execute(
+                "SELECT reason, sum(occurrences) FROM quarantine WHERE device_id = %s "
+                "GROUP BY reason ORDER BY reason",
+                (device_id,),
+            )
+        }
+    return {
+        "device_id": device_id,
+        "accepted": int(accepted[0]) if accepted else 0,
+        "rejected": rejected,
+    }

@@ -48,6 +48,21 @@ def test_fleet_of_200_arrives_completely_and_bad_frames_are_quarantined(
     assert stats["accepted"] == summary["sent"] - summary["sent_bad"]
     assert stats["rejected"] == summary["bad_by_reason"]
     assert set(summary["bad_by_reason"]) >= {"bad_tag", "replay", "malformed_frame", "oversized"}
+    one = next(c["device_id"] for c in creds)
+    per_device = subprocess.run(
+        [sys.executable, "-m", "qnect", "stats", "--json", "--device", one],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+        text=True,
+    )
+    counts = json.loads(per_device.stdout.strip().splitlines()[-1])
+    assert counts["device_id"] == one
+    assert counts["accepted"] == count(
+        db_dsn,
+        f"SELECT count(*) FROM frames WHERE device_id = '{one}'",  # noqa: S608
+    )
     # No plaintext personal data in quarantine: no MAC of any device appears in any column.
     with psycopg.connect(db_dsn) as conn:
         rows = conn.execute("SELECT device_id, kind, reason, detail FROM quarantine").fetchall()
