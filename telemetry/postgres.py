@@ -175,10 +175,11 @@ class TelemetryStore:
     ) -> set[tuple[str, int, int]]:
         if not frames:
             return set()
-        with cur.copy("COPY frames_in FROM STDIN") as copy:
+        with cur.copy("COPY frames_in FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["timestamptz", "text", "int8", "int8", "int2", "timestamptz"])
             for f in frames:
                 copy.write_row((utc_from_ms(f.ts_ms), f.device_id, f.epoch, f.counter, f.kind, now))
-        cur.execute(_LEDGER)
+        cur.execute(_LEDGER, binary=True)
         return {(r[0], r[1], r[2]) for r in cur.fetchall()}
 
     def _rows(self, cur: psycopg.Cursor[Any], frames: list[AcceptedFrame], now: datetime) -> None:
@@ -293,15 +294,32 @@ class TelemetryStore:
 _KIND_NAME = {1: "telemetry", 2: "status", 3: "info"}
 
 
+# Binary COPY needs each column's type; these are the types of the series tables' columns.
+_COLUMN_TYPES = {
+    "ts": "timestamptz",
+    "device_id": "text",
+    "binding": "text",
+    "epoch": "int8",
+    "counter": "int8",
+    "point": "int2",
+    "value": "float8",
+    "enc": "bytea",
+    "online": "bool",
+    "source": "text",
+}
+
+
 def _copy(
     cur: psycopg.Cursor[Any], table: str, columns: str, rows: Sequence[tuple[object, ...]]
 ) -> None:
     if not rows:
         return
-    query = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns.split(", ")))
+    names = columns.split(", ")
+    query = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, names))
     )
     with cur.copy(query) as copy:
+        copy.set_types([_COLUMN_TYPES[n] for n in names])
         for row in rows:
             copy.write_row(row)
 
