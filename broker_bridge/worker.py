@@ -99,23 +99,37 @@ class Worker:
         outcome = self._pipeline.process(batch, now_ms=int(now.timestamp() * 1000))
         return self._db.write(batch, outcome, now=now), outcome
 
+    def _write(self, batch: list[Inbound], stop: threading.Event) -> tuple[Written, Outcome] | None:
+        """Process and commit, retrying while the database is away; None if told to stop."""
+        for attempt in stamina.retry_context(
+            on=(Unavailable, RegistryUnavailable), attempts=None, timeout=None, wait_max=5.0
+        ):
+            with attempt:
+                if stop.is_set() and attempt.num > 1:
+                    return None  # unacked: the broker redelivers to the next session
+                try:
+                    return self._process(batch)
+                except (Unavailable, RegistryUnavailable) as exc:
+                    log.warning("bridge.db_unavailable", error=str(exc), batch=len(batch))
+                    raise
+        raise AssertionError  # pragma: no cover - attempts=None retries forever
+
     def _handle(self, batch: list[Inbound], stop: threading.Event) -> None:
         started = time.perf_counter()
         try:
-            for attempt in stamina.retry_context(
-                on=(Unavailable, RegistryUnavailable), attempts=None, timeout=None, wait_max=5.0
-            ):
-                with attempt:
-                    if stop.is_set() and attempt.num > 1:
-                        return  # unacked: the broker redelivers to the next session
-                    try:
-                        written, outcome = self._process(batch)
-                    except (Unavailable, RegistryUnavailable) as exc:
-                        log.warning("bridge.db_unavailable", error=str(exc), batch=len(batch))
-                        raise
+            result = self._write(batch, stop)
         except StorageFailed as exc:
+            # The usual cause is a missing partition: make them, then try the batch once more
+            # before writing message by message to find the one the database refuses.
             log.warning("bridge.batch_refused", sqlstate=exc.sqlstate, batch=len(batch))
-            written, outcome = self._isolate(batch)
+            self._maintain()
+            try:
+                result = self._write(batch, stop)
+            except StorageFailed:
+                result = self._isolate(batch)
+        if result is None:
+            return
+        written, outcome = result
         self._after_commit(written)
         acked = self._client.ack(batch)
         self.batches += 1

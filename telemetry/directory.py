@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Protocol
 
 from crypto.device_keys import SessionKeys, session_keys
+from crypto.errors import CryptoError
 from crypto.keys import Kek
 from crypto.replay import ReplayWindow
 from device_registry.model import DeviceContext, DeviceRecord, open_record
@@ -71,6 +72,8 @@ class Directory:
         )
         self._by_cid: dict[tuple[str, int], int] = {}
         self.windows: OrderedDict[tuple[str, int], ReplayWindow] = OrderedDict()
+        self._broken: set[str] = set()
+        self._revoked: set[str] = set()
 
     def prepare(
         self,
@@ -98,8 +101,7 @@ class Directory:
             records = self._source.devices(stale)
             for device_id in stale:
                 record = records.get(device_id)
-                context = open_record(record, self._keks) if record is not None else None
-                self._put_device(device_id, _Entry(context, now_ms))
+                self._put_device(device_id, _Entry(self._open(record), now_ms))
         missing = {k for k in epochs if k not in self._sessions}
         if missing:
             for key, session in self._source.sessions(missing).items():
@@ -109,6 +111,28 @@ class Directory:
             for (device_id, cid), session in self._source.sessions_by_cid(missing_cid).items():
                 self._by_cid[(device_id, cid)] = session.epoch
                 self._put_session((device_id, session.epoch), session)
+
+    def _open(self, record: DeviceRecord | None) -> DeviceContext | None:
+        if record is None:
+            return None
+        if record.root_key_wrapped is None:  # revoked: the root key was destroyed
+            self._revoked.add(record.device_id)
+            return None
+        try:
+            context = open_record(record, self._keks)
+        except (CryptoError, KeyError):  # damaged row, or a KEK version we do not hold
+            self._broken.add(record.device_id)
+            return None
+        self._broken.discard(record.device_id)
+        return context
+
+    def is_revoked(self, device_id: str) -> bool:
+        """Whether the device exists but was revoked (its root key is gone)."""
+        return device_id in self._revoked
+
+    def is_broken(self, device_id: str) -> bool:
+        """Whether the device exists but its keys could not be opened."""
+        return device_id in self._broken
 
     def device(self, device_id: str) -> DeviceContext | None:
         """A prepared device context (None when unknown or shredded)."""

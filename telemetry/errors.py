@@ -55,6 +55,12 @@ OutOfRange = _reason("OutOfRange", "out_of_range", "Value outside the point's ra
 StaleReading = _reason("StaleReading", "stale_timestamp", "Reading older than the maximum age.")
 FutureReading = _reason("FutureReading", "future_timestamp", "Reading too far in the future.")
 MacMismatch = _reason("MacMismatch", "mac_mismatch", "Reported MAC differs from the registry's.")
+KeyUnavailable = _reason(
+    "KeyUnavailable", "key_unavailable", "A needed key is destroyed or cannot be opened."
+)
+InternalError = _reason(
+    "InternalError", "internal_error", "A bug met this message; it is quarantined, not retried."
+)
 KxInvalid = _reason("KxInvalid", "kx_invalid", "Key-exchange request does not authenticate.")
 KxReplay = _reason("KxReplay", "kx_replay", "Key-exchange nonce reused or timestamp skewed.")
 

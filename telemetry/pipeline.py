@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import msgpack
+import structlog
 
 from crypto import device_keys
 from crypto.device_keys import Flags, FrameHeader
@@ -28,6 +29,8 @@ from privacy.retention import RetentionClass
 from telemetry import errors
 from telemetry.directory import Directory
 from telemetry.validate import Limits, Report, validate
+
+log = structlog.get_logger("telemetry.pipeline")
 
 MAX_PAYLOAD_BYTES = 2048  # largest legitimate frame is ~400 B; caps decode work per message
 TOPIC_PREFIX = "devices/"
@@ -186,7 +189,7 @@ class Pipeline:
         for item in parsed:
             msg = batch[item.index]
             try:
-                self._stage(item, msg, outcome, now_ms)
+                self._stage_guarded(item, msg, outcome, now_ms)
             except errors.Rejected as exc:
                 header = item.header
                 outcome.rejects.append(
@@ -203,6 +206,17 @@ class Pipeline:
                 )
         return outcome
 
+    def _stage_guarded(self, item: _Parsed, msg: Inbound, outcome: Outcome, now_ms: int) -> None:
+        # A message that trips a bug must not take the worker down: redelivered after a
+        # crash, it would do it again forever. It is quarantined with the exception's type.
+        try:
+            self._stage(item, msg, outcome, now_ms)
+        except errors.Rejected:
+            raise
+        except Exception as exc:
+            log.exception("telemetry.internal_error", device_id=item.device_id, kind=item.kind)
+            raise errors.InternalError(type(exc).__name__) from exc
+
     def _prepare(self, parsed: list[_Parsed], now_ms: int) -> None:
         epochs, cids = set(), set()
         for p in parsed:
@@ -217,6 +231,10 @@ class Pipeline:
     def _stage(self, item: _Parsed, msg: Inbound, outcome: Outcome, now_ms: int) -> None:
         device = self.directory.device(item.device_id)
         if device is None:
+            if self.directory.is_revoked(item.device_id):
+                raise errors.DeviceRevoked("")
+            if self.directory.is_broken(item.device_id):
+                raise errors.KeyUnavailable("device root key cannot be opened")
             raise errors.UnknownDevice("")
         if device.status is not DeviceStatus.ACTIVE:
             raise errors.DeviceRevoked("")
@@ -318,9 +336,10 @@ class Pipeline:
             if point.key_class is not None:
                 table = _table_of(report.kind, point.retention)
                 context = FieldContext(table, point.name, row)
-                blob = device.ciphers[point.key_class].seal(
-                    msgpack.packb(value), context, nonce=self._rand(12)
-                )
+                cipher = device.ciphers.get(point.key_class)
+                if cipher is None:
+                    raise errors.KeyUnavailable(f"no active {point.key_class.name.lower()} key")
+                blob = cipher.seal(msgpack.packb(value), context, nonce=self._rand(12))
                 frame.sealed.append((point.retention, point.code, blob))
             elif report.kind is ReportKind.STATUS:
                 frame.online = bool(value)

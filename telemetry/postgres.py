@@ -367,9 +367,9 @@ class Database:
 
     def maintain(self, now: datetime) -> dict[str, int] | None:
         """Run storage maintenance unless another worker holds the lock; None when skipped."""
+        self.open()
         conn = self.conn
-        if conn is None:
-            return None
+        assert conn is not None  # noqa: S101 - open() connected
         try:
             with conn.transaction():
                 row = conn.execute(
