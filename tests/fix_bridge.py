@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -132,3 +134,22 @@ def count(dsn: str, query: str) -> int:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(query.encode()).fetchone()
         return int(row[0]) if row else 0
+
+
+def qnect(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the qnect CLI as a user would (not raising on failure)."""
+    return subprocess.run(
+        [sys.executable, "-m", "qnect", *args],
+        env=env or dict(os.environ),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def qnect_json(*args: str, env: dict[str, str]) -> Any:
+    """Run a qnect command that must succeed and return its last stdout line as JSON."""
+    out = qnect(*args, env=env)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])

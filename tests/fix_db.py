@@ -18,6 +18,7 @@ from psycopg import sql
 
 from qnect.migrate import migrate
 from qnect.settings import create_root_key_file
+from telemetry.postgres_layout import timescale_available
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -82,3 +83,14 @@ def conn(db_dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """An autocommit connection to the module's database."""
     with psycopg.connect(db_dsn, autocommit=True) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def timescale_dsn() -> Iterator[str]:
+    """A database on the TimescaleDB layout, where the extension can be created here."""
+    with psycopg.connect(admin_dsn(), autocommit=True) as conn:
+        if not timescale_available(conn):
+            pytest.skip("timescaledb extension not installed on this server")
+    dsn = create_database("on")
+    yield dsn
+    drop_database(dsn)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from broker_bridge.mqtt import BrokerAddress
 from crypto.envelope import read_header
 from qnect.simulator import SimDevice, Tally
 from tests.broker_bridge.stream import Stream, assert_complete, fleet
-from tests.fix_bridge import REPO, bridge_env, count
+from tests.fix_bridge import bridge_env, count, qnect, qnect_json
 from tests.fix_mqtt import Broker
 
 
@@ -36,28 +34,12 @@ def test_fleet_of_200_arrives_completely_and_bad_frames_are_quarantined(
     assert summary["sent"] >= 200 * 52
     assert_complete(db_dsn, creds, summary)
     env = bridge_env(db_dsn, broker, root_key_file)
-    out = subprocess.run(
-        [sys.executable, "-m", "qnect", "stats", "--json"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-        text=True,
-    )
-    stats = json.loads(out.stdout.strip().splitlines()[-1])
+    stats = qnect_json("stats", "--json", env=env)
     assert stats["accepted"] == summary["sent"] - summary["sent_bad"]
     assert stats["rejected"] == summary["bad_by_reason"]
     assert set(summary["bad_by_reason"]) >= {"bad_tag", "replay", "malformed_frame", "oversized"}
     one = next(c["device_id"] for c in creds)
-    per_device = subprocess.run(
-        [sys.executable, "-m", "qnect", "stats", "--json", "--device", one],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-        text=True,
-    )
-    counts = json.loads(per_device.stdout.strip().splitlines()[-1])
+    counts = qnect_json("stats", "--json", "--device", one, env=env)
     assert counts["device_id"] == one
     assert counts["accepted"] == count(
         db_dsn,
@@ -159,18 +141,14 @@ def test_simulate_and_stats_commands_agree(
     before = count(db_dsn, "SELECT count(*) FROM frames")
     rejected_before = count(db_dsn, "SELECT coalesce(sum(occurrences), 0) FROM quarantine")
     creds = tmp_path / "creds.json"
-    run = lambda *args: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "qnect", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-        text=True,
+    qnect_json("migrate", env=env)
+    made = qnect(
+        "device", "provision", "--model", "thermostat", "--count", "5", "--out", str(creds), env=env
     )
-    run("device", "provision", "--model", "thermostat", "--count", "5", "--out", str(creds))
+    assert made.returncode == 0, made.stderr
     assert creds.stat().st_mode & 0o077 == 0
     bridge_factory(workers=1)
-    out = run(
+    summary = qnect_json(
         "simulate",
         "--credentials",
         str(creds),
@@ -179,9 +157,9 @@ def test_simulate_and_stats_commands_agree(
         "--bad-fraction",
         "0.2",
         "--json",
+        env=env,
     )
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
-    stats = json.loads(run("stats", "--json").stdout.strip().splitlines()[-1])
+    stats = qnect_json("stats", "--json", env=env)
     assert stats["accepted"] - before == summary["sent"] - summary["sent_bad"]
     assert stats["rejected_total"] - rejected_before == summary["sent_bad"]
     assert summary["confirmed"] == summary["sent"] - summary["sent_bad"]

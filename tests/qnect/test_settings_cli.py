@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pydantic
@@ -13,19 +11,7 @@ import pytest
 
 from crypto.errors import InvalidKeyMaterial
 from qnect.settings import Settings, create_root_key_file
-from tests.fix_bridge import REPO
-
-
-def qnect(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the qnect CLI as a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", "qnect", *args],
-        env=env or dict(os.environ),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+from tests.fix_bridge import qnect
 
 
 def test_keys_init_writes_0600_and_never_overwrites(tmp_path: Path) -> None:

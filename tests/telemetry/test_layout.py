@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -16,9 +15,7 @@ from telemetry.postgres_layout import (
     ensure_ahead,
     failed_jobs,
     layout_kind,
-    timescale_available,
 )
-from tests.fix_db import admin_dsn, create_database, drop_database
 
 
 def test_migrate_is_idempotent_and_native_partitions_cover_the_window(db_dsn: str) -> None:
@@ -50,17 +47,6 @@ def test_native_retention_drops_whole_partitions(db_dsn: str) -> None:
         assert dropped == [f"telemetry_p{old:%Y%m%d}"]
         assert compress_due(conn, datetime.now(UTC)) == 0
         assert failed_jobs(conn) == []
-
-
-@pytest.fixture(scope="module")
-def timescale_dsn() -> Iterator[str]:
-    """A database on the TimescaleDB layout, where the extension can be created."""
-    with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-        if not timescale_available(conn):
-            pytest.skip("timescaledb extension not installed on this server")
-    dsn = create_database("on")
-    yield dsn
-    drop_database(dsn)
 
 
 @pytest.mark.timescale
