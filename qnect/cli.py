@@ -16,7 +16,7 @@ from rich.progress import Progress
 from broker_bridge.mqtt import BrokerAddress
 from device_registry.postgres import provision
 from device_registry.profiles import MODELS
-from qnect import local_broker, simulator
+from qnect import bench, local_broker, simulator
 from qnect.bridge import supervise
 from qnect.logs import configure
 from qnect.migrate import layout, migrate
@@ -204,6 +204,29 @@ def _demo_fleet(settings: Settings, per_model: int, messages: int, bad_fraction:
     )
     typer.echo(json.dumps({"simulator": summary}, indent=2))
     typer.echo(json.dumps({"stats": stats(settings.database_url.get_secret_value())}, indent=2))
+
+
+@app.command("bench")
+def bench_cmd(
+    devices: Annotated[int, typer.Option(help="Devices that send.")] = 1000,
+    provisioned: Annotated[int, typer.Option(help="Extra idle devices in the registry.")] = 0,
+    messages: Annotated[int, typer.Option(help="Backlog frames for the drain phases.")] = 200_000,
+    workers: Annotated[int, typer.Option(min=1)] = 2,
+    quick: Annotated[bool, typer.Option(help="Small sizes: finishes in under a minute.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Last line: one JSON object.")] = False,
+) -> None:
+    """End-to-end benchmark against the physical limits (scratch database and broker)."""
+    options = bench.BenchOptions(devices, provisioned, messages, workers)
+    if quick:
+        options = bench.BenchOptions(200, 0, 20_000, workers, 5_000, 4.0)
+    admin = os.environ.get("QNECT_DATABASE_URL", bench.LOCAL_DSN)
+    admin = admin.rsplit("/", 1)[0] + "/postgres"
+    result = bench.run(admin, options, lambda line: typer.echo(line, err=True))
+    if not as_json:
+        width = max(len(k) for k in result)
+        for key, value in result.items():
+            typer.echo(f"{key:<{width}}  {value}")
+    typer.echo(json.dumps(result))
 
 
 def _ensure_database(dsn: str) -> None:
