@@ -20,6 +20,7 @@ from device_registry.profiles import PROFILES, Profile
 DeviceId = NewType("DeviceId", str)
 DEVICE_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 DEVICE_ID_LENGTH = 16  # 80 bits: unguessable, and short enough for topics
+_ID_CHARS = frozenset(DEVICE_ID_ALPHABET)
 
 
 class DeviceStatus(StrEnum):
@@ -78,7 +79,7 @@ def new_device_id(rand: bytes) -> DeviceId:
 
 def is_device_id(text: str) -> bool:
     """Whether *text* is shaped like a device id (checked before any lookup)."""
-    return len(text) == DEVICE_ID_LENGTH and all(c in DEVICE_ID_ALPHABET for c in text)
+    return len(text) == DEVICE_ID_LENGTH and _ID_CHARS.issuperset(text)
 
 
 def root_key_context(device_id: str, version: int) -> bytes:

@@ -22,6 +22,7 @@ from crypto.envelope import FieldContext
 from crypto.errors import DecryptionFailed
 from crypto.errors import MalformedFrame as CryptoMalformed
 from crypto.errors import UnsupportedVersion as CryptoUnsupported
+from crypto.nonces import NonceSequence
 from crypto.replay import Freshness
 from device_registry.model import DeviceContext, DeviceStatus, is_device_id
 from device_registry.profiles import INFO, STATUS, ReportKind
@@ -175,6 +176,7 @@ class Pipeline:
         self.directory = directory
         self.config = config
         self._rand = rand
+        self._nonce = NonceSequence(rand)
 
     def process(self, batch: Sequence[Inbound], *, now_ms: int) -> Outcome:
         """Turn a batch of messages into accepted frames, rejects, key exchanges and wills."""
@@ -339,7 +341,7 @@ class Pipeline:
                 cipher = device.ciphers.get(point.key_class)
                 if cipher is None:
                     raise errors.KeyUnavailable(f"no active {point.key_class.name.lower()} key")
-                blob = cipher.seal(msgpack.packb(value), context, nonce=self._rand(12))
+                blob = cipher.seal(msgpack.packb(value), context, nonce=self._nonce())
                 frame.sealed.append((point.retention, point.code, blob))
             elif report.kind is ReportKind.STATUS:
                 frame.online = bool(value)
