@@ -33,6 +33,19 @@ from telemetry.pipeline import (
 )
 from telemetry.postgres_layout import compress_due, drop_expired, ensure_ahead, failed_jobs
 
+# Every wait on the database is bounded: a statement, a lock or a silent peer turns into an
+# OperationalError the worker retries, never a worker stuck while its batch stays unacked.
+CONNECT_OPTIONS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "options": "-c statement_timeout=30000 -c lock_timeout=10000"
+    " -c idle_in_transaction_session_timeout=60000",
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,
+}
+
 _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS frames_in (
     ts timestamptz, device_id text, epoch bigint, counter bigint, kind smallint,
@@ -341,7 +354,7 @@ class Database:
         if self.store is not None and self.conn is not None and not self.conn.closed:
             return self.store
         try:
-            self.conn = psycopg.connect(self._dsn, connect_timeout=5, autocommit=True)
+            self.conn = psycopg.connect(self._dsn, autocommit=True, **CONNECT_OPTIONS)
             self.store = TelemetryStore(self.conn)
         except psycopg.OperationalError as exc:
             self.close()

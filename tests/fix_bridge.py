@@ -31,8 +31,8 @@ def children(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid:
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":  # a killed worker stays a zombie until reaped
             out.append(int(entry.name))
     return out
 
@@ -103,8 +103,8 @@ def bridge_env(db_dsn: str, broker: Broker, root_key_file: Path, **extra: str) -
         QNECT_DATABASE_URL=db_dsn,
         QNECT_MQTT_URL=broker.url,
         QNECT_ROOT_KEY_FILE=str(root_key_file),
-        **extra,
     )
+    env.update(extra)
     return env
 
 
