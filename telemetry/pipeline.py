@@ -187,6 +187,11 @@ class Pipeline:
                 parsed.append(_parse(index, msg))
             except errors.Rejected as exc:
                 outcome.rejects.append(_reject(index, msg, exc))
+            except Exception as exc:  # same reasoning as _stage_guarded
+                log.exception("telemetry.internal_error", stage="parse")
+                outcome.rejects.append(
+                    _reject(index, msg, errors.InternalError(type(exc).__name__))
+                )
         self._prepare(parsed, now_ms)
         for item in parsed:
             msg = batch[item.index]

@@ -53,6 +53,17 @@ class Report:
     values: tuple[tuple[DataPoint, Value], ...]
 
 
+class DuplicateKeyError(ValueError):
+    """A map names the same key twice (which one would count is ambiguous)."""
+
+
+def _unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise DuplicateKeyError
+    return result
+
+
 def decode_body(plaintext: bytes) -> tuple[int, dict[str, Any]]:
     """Unpack a report body into its timestamp and raw data map.
 
@@ -69,6 +80,7 @@ def decode_body(plaintext: bytes) -> tuple[int, dict[str, Any]]:
             max_array_len=MAX_POINTS,
             max_map_len=MAX_POINTS,
             max_ext_len=0,
+            object_pairs_hook=_unique_map,
         )
     except (ValueError, TypeError) as exc:  # msgpack's FormatError/ExtraData/StackError too
         raise MalformedPayload("not a msgpack report") from exc

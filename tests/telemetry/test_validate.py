@@ -378,3 +378,10 @@ def test_structured_reports_only_raise_rejected(
     except Rejected:
         return
     assert all(profile.by_name[p.name] is p for p, _ in report.values)
+
+
+def test_duplicate_keys_are_malformed():
+    """A map naming a key twice is refused instead of silently keeping the last value."""
+    body = b"\x82\xa1t\x01\xa1t\x02"  # {"t": 1, "t": 2}
+    with pytest.raises(MalformedPayload):
+        decode_body(body)
