@@ -52,6 +52,7 @@ from qnect.settings import create_root_key_file
 from qnect.simulator import Pump, SimDevice, Tally, _telemetry_values
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PUBLISH_WINDOW = 20_000
 Progress = Callable[[str], None]
 
 
@@ -163,11 +164,19 @@ def publish_all(url: str, items: list[tuple[str, bytes]]) -> float:
     client = _client(f"bench-pub-{secrets.token_hex(3)}", url, clean=True)
     client.loop_start()
     started = time.perf_counter()
-    info = None
+    window: list[paho.MQTTMessageInfo] = []
     for topic, payload in items:
         info = client.publish(topic, payload, qos=1)
-    if info is not None:
-        info.wait_for_publish(600)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise RuntimeError(f"publish refused: {info.rc}")
+        window.append(info)
+        # Packet ids wrap at 65535; paho refuses a publish whose id is still in flight, so
+        # never let more than a fraction of that range be outstanding.
+        if len(window) == PUBLISH_WINDOW:
+            window[-1].wait_for_publish(120)
+            window.clear()
+    if window:
+        window[-1].wait_for_publish(120)
     elapsed = time.perf_counter() - started
     client.disconnect()
     client.loop_stop()
