@@ -47,6 +47,7 @@ from crypto.keys import derive_kek, parse_root_key
 from device_registry.postgres import provision
 from device_registry.profiles import MODELS
 from qnect import local_broker
+from qnect.bridge import worker_pids
 from qnect.migrate import migrate
 from qnect.settings import create_root_key_file
 from qnect.simulator import Pump, SimDevice, Tally, _telemetry_values
@@ -238,22 +239,8 @@ class Bridge:
         self.workers = workers
 
     def worker_pids(self) -> list[int]:
-        """PIDs of worker processes (children that are not multiprocessing helpers)."""
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                cmd = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if (
-                int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid
-                and b"resource_tracker" not in cmd
-            ):
-                pids.append(int(entry.name))
-        return pids
+        """PIDs of the worker processes."""
+        return worker_pids(self.proc.pid)
 
     def usage(self) -> tuple[float, float]:
         """(CPU seconds, peak RSS MB) summed / maxed over the workers."""

@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 import stamina
@@ -131,3 +132,23 @@ def _retired(workers: int) -> list[int]:
     database.close()
     indices = [int(c.rsplit("-", 1)[1]) for c in ids if c.startswith("qnect-bridge-")]
     return sorted(i for i in indices if i >= workers)
+
+
+def worker_pids(supervisor_pid: int) -> list[int]:
+    """Live worker processes of a ``qnect bridge`` supervisor (read from /proc).
+
+    Skips multiprocessing's resource tracker and zombies (a killed worker stays one until the
+    supervisor reaps it).
+    """
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(ppid) == supervisor_pid and state != "Z" and b"resource_tracker" not in cmdline:
+            pids.append(int(entry.name))
+    return pids

@@ -16,25 +16,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from qnect.bridge import worker_pids
 from tests.fix_mqtt import Broker
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def children(pid: int) -> list[int]:
-    """PIDs of the direct children of *pid* (read from /proc)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == pid and state != "Z":  # a killed worker stays a zombie until reaped
-            out.append(int(entry.name))
-    return out
 
 
 @dataclass
@@ -59,17 +44,9 @@ class Bridge:
             )
 
     def worker_pids(self) -> list[int]:
-        """PIDs of the worker processes (excluding multiprocessing helpers)."""
+        """PIDs of the live worker processes."""
         assert self.proc is not None
-        pids = []
-        for pid in children(self.proc.pid):
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"resource_tracker" not in cmd:
-                pids.append(pid)
-        return pids
+        return worker_pids(self.proc.pid)
 
     def wait_workers(self, timeout: float = 20) -> list[int]:
         """Wait until every worker process is up."""

@@ -72,9 +72,7 @@ def test_postgres_restart_mid_stream_recovers_by_itself(
     wait_stored(db_dsn, before + 5_000, stream)
     subprocess.run(shlex.split(PG_RESTART), check=True, timeout=120)
     summary = stream.result()
-    summary = {**summary, "sent": summary["sent"] + before}  # frames of earlier tests
-    summary["confirmed"] += before
-    assert_complete(db_dsn, creds + _earlier(db_dsn, creds), summary)
+    assert_complete_after(db_dsn, creds, summary, before)
 
 
 def test_broker_killed_nine_loses_nothing_thanks_to_receipts(
@@ -94,9 +92,7 @@ def test_broker_killed_nine_loses_nothing_thanks_to_receipts(
     broker.start()
     summary = stream.result()
     assert summary["reconnects"] > 0
-    summary = {**summary, "sent": summary["sent"] + before}
-    summary["confirmed"] += before
-    assert_complete(db_dsn, creds + _earlier(db_dsn, creds), summary)
+    assert_complete_after(db_dsn, creds, summary, before)
 
 
 def _earlier(dsn: str, creds: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -127,9 +123,7 @@ def test_database_connections_cut_by_a_proxy_lose_nothing(
         cuts += proxy.cut()
     assert cuts >= 5
     summary = stream.result()
-    summary = {**summary, "sent": summary["sent"] + before}
-    summary["confirmed"] += before
-    assert_complete(db_dsn, creds + _earlier(db_dsn, creds), summary)
+    assert_complete_after(db_dsn, creds, summary, before)
 
 
 def test_slow_database_slows_intake_and_drops_nothing(
@@ -144,11 +138,18 @@ def test_slow_database_slows_intake_and_drops_nothing(
     stream = Stream(creds, broker.url, messages=100, seed=15, confirm_timeout_s=240)
     stream.start()
     summary = stream.result()
-    summary = {**summary, "sent": summary["sent"] + before}
-    summary["confirmed"] += before
-    assert_complete(db_dsn, creds + _earlier(db_dsn, creds), summary)
+    assert_complete_after(db_dsn, creds, summary, before)
     batches = [
         line for line in bridge.log_path.read_text().splitlines() if '"bridge.batch"' in line
     ]
     biggest = max(int(line.split('"messages": ')[1].split(",")[0]) for line in batches)
     assert biggest > 500  # backpressure: the slow commit let the backlog build up in the broker
+
+
+def assert_complete_after(
+    dsn: str, creds: list[dict[str, Any]], summary: dict[str, Any], before: int
+) -> None:
+    """``assert_complete`` for a module database that already held *before* frames."""
+    summary = {**summary, "sent": summary["sent"] + before}
+    summary["confirmed"] += before
+    assert_complete(dsn, creds + _earlier(dsn, creds), summary)
