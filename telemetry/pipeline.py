@@ -25,11 +25,11 @@ from crypto.errors import UnsupportedVersion as CryptoUnsupported
 from crypto.nonces import NonceSequence
 from crypto.replay import Freshness
 from device_registry.model import DeviceContext, DeviceStatus, is_device_id
-from device_registry.profiles import INFO, STATUS, ReportKind
+from device_registry.profiles import INFO, STATUS, DataPoint, ReportKind
 from privacy.retention import RetentionClass
 from telemetry import errors
 from telemetry.directory import Directory
-from telemetry.validate import Limits, Report, validate
+from telemetry.validate import Limits, Report, Value, validate
 
 log = structlog.get_logger("telemetry.pipeline")
 
@@ -40,6 +40,7 @@ MAX_KX_SKEW_MS = 5 * 60 * 1000  # key-exchange timestamps older than this are tr
 GRACE_EPOCHS = 3  # how many superseded sessions may still deliver resent frames
 
 Random = Callable[[int], bytes]
+_FIXED_PROFILES = {ReportKind.STATUS: STATUS, ReportKind.INFO: INFO}  # same for every model
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +318,7 @@ class Pipeline:
             raise errors.UnknownEpoch(f"epoch {header.epoch}")
         plaintext = self._open(session[0].up, header, msg, item.device_id)
         kind = KINDS[item.kind]
-        profile = {ReportKind.STATUS: STATUS, ReportKind.INFO: INFO}.get(kind, device.profile)
+        profile = _FIXED_PROFILES.get(kind, device.profile)
         report = validate(kind, profile, plaintext, now_ms=now_ms, limits=self.config.limits)
         return self._seal(report, header, item, device)
 
@@ -353,18 +354,18 @@ class Pipeline:
             elif report.kind is ReportKind.INFO:
                 frame.rssi = int(value)
             else:
-                scaled = value / 10**point.scale if point.scale else value
-                frame.plain.append((point.code, float(_enum_index(point.choices, value, scaled))))
+                frame.plain.append((point.code, _numeric(point, value)))
                 frame.latest[point.name] = value
         if report.kind is ReportKind.INFO:
             frame.firmware = _firmware(report)
         return frame
 
 
-def _enum_index(choices: tuple[str, ...], value: object, scaled: object) -> float:
-    if choices:
-        return float(choices.index(str(value)))
-    return float(scaled)  # type: ignore[arg-type]
+def _numeric(point: DataPoint, value: Value) -> float:
+    """The number a plain point is stored as: enum index, 0/1, or raw / 10**scale."""
+    if isinstance(value, str):  # enums; other strings are always encrypted (profiles.py)
+        return float(point.choices.index(value))
+    return value / 10**point.scale if point.scale else float(value)
 
 
 def _firmware(report: Report) -> str | None:
