@@ -52,8 +52,12 @@ CREATE TEMP TABLE IF NOT EXISTS frames_in (
     received_at timestamptz
 ) ON COMMIT DELETE ROWS
 """
+# received_at is when the row is written (clock_timestamp, a few ms before COMMIT), so
+# publish-to-storage latency can be read from the ledger.
 _LEDGER = """
-INSERT INTO frames SELECT * FROM frames_in ORDER BY device_id, epoch, counter
+INSERT INTO frames (ts, device_id, epoch, counter, kind, received_at)
+SELECT ts, device_id, epoch, counter, kind, clock_timestamp() FROM frames_in
+ORDER BY device_id, epoch, counter
 ON CONFLICT DO NOTHING RETURNING device_id, epoch, counter
 """
 _KX = """
