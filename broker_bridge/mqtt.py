@@ -135,6 +135,13 @@ class BridgeClient:
         with contextlib.suppress(OSError):
             self._send(packet.write())
 
+    def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Publish QoS 0 downlink messages with one system call (a batch's receipts)."""
+        if messages:
+            data = b"".join(mqtt5.PublishPacket(t, p).write() for t, p in messages)
+            with contextlib.suppress(OSError):
+                self._send(data)
+
     # -- network thread ----------------------------------------------------------------------
     def _send(self, data: bytes, generation: int | None = None) -> None:
         with self._send_lock:

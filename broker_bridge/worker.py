@@ -22,7 +22,7 @@ import structlog
 
 from broker_bridge.mqtt import BridgeClient
 from broker_bridge.receipts import receipt_topic, seal_receipt
-from crypto.device_keys import encode_kx_response
+from crypto.device_keys import MAX_COUNTER, encode_kx_response
 from crypto.keys import Kek
 from device_registry.errors import RegistryUnavailable
 from telemetry.directory import DeviceSource, Directory
@@ -66,6 +66,9 @@ class Worker:
         self._directory = Directory(source, keks, ttl_ms=config.directory_ttl_ms)
         self._pipeline = Pipeline(self._directory, config.pipeline, os.urandom)
         self._next_maintenance = 0.0
+        # Receipt counters only need to be unique under a device's downlink key, which all
+        # workers share: a random 63-bit start per worker, then +1, never meets another's.
+        self._receipt_counter = int.from_bytes(os.urandom(8), "big") >> 1
         self.batches = 0
 
     def run(self, stop: threading.Event, *, drain: bool = False) -> None:
@@ -195,13 +198,15 @@ class Worker:
         by_session: dict[tuple[str, int], list[int]] = defaultdict(list)
         for f in frames:
             by_session[(f.device_id, f.epoch)].append(f.counter)
+        receipts = []
         for (device_id, epoch), counters in by_session.items():
             session = self._directory.session(device_id, epoch)
             if session is None:
                 continue
-            counter = int.from_bytes(os.urandom(8), "big") >> 1 or 1
-            payload = seal_receipt(session[0], device_id, counters, counter=counter)
-            self._client.publish(receipt_topic(device_id), payload, qos=0)
+            self._receipt_counter = self._receipt_counter % MAX_COUNTER + 1
+            payload = seal_receipt(session[0], device_id, counters, counter=self._receipt_counter)
+            receipts.append((receipt_topic(device_id), payload))
+        self._client.publish_many(receipts)
 
     def _maintain(self) -> None:
         self._next_maintenance = time.monotonic() + MAINTENANCE_EVERY_S

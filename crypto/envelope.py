@@ -8,6 +8,7 @@ plaintext mode: a missing key is an error, never a pass-through.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 
@@ -42,7 +43,17 @@ class FieldContext:
 
     def associated_data(self, owner: str) -> bytes:
         """Encode the context and *owner* unambiguously."""
-        return b"".join(lp(part.encode()) for part in (self.table, self.column, self.row, owner))
+        return _place(self.table, self.column) + lp(self.row.encode()) + _owner(owner)
+
+
+@functools.lru_cache(maxsize=256)
+def _place(table: str, column: str) -> bytes:
+    return lp(table.encode()) + lp(column.encode())
+
+
+@functools.lru_cache(maxsize=65536)
+def _owner(owner: str) -> bytes:
+    return lp(owner.encode())
 
 
 @dataclass(frozen=True, slots=True)
