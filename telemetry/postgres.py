@@ -50,8 +50,23 @@ _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS frames_in (
     ts timestamptz, device_id text, epoch bigint, counter bigint, kind smallint,
     received_at timestamptz
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS state_in (
+    device_id text, last_seen timestamptz, last_ts timestamptz, latest jsonb, firmware text,
+    rssi smallint, online boolean, presence_epoch bigint, since timestamptz
 ) ON COMMIT DELETE ROWS
 """
+_STATE_TYPES = [
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "jsonb",
+    "text",
+    "int2",
+    "bool",
+    "int8",
+    "timestamptz",
+]
 # received_at is when the row is written (clock_timestamp, a few ms before COMMIT), so
 # publish-to-storage latency can be read from the ledger.
 _LEDGER = """
@@ -79,9 +94,7 @@ WHERE device_id = %(d)s AND epoch < %(e)s AND superseded_at IS NULL
 _STATE = """
 INSERT INTO device_state AS s
     (device_id, last_seen, last_ts, latest, firmware, rssi, online, presence_epoch, since)
-SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::jsonb[], %s::text[],
-                     %s::smallint[], %s::boolean[], %s::bigint[], %s::timestamptz[])
-ORDER BY 1
+SELECT * FROM state_in ORDER BY device_id
 ON CONFLICT (device_id) DO UPDATE SET
     last_seen = greatest(s.last_seen, excluded.last_seen),
     last_ts = greatest(s.last_ts, excluded.last_ts),
@@ -258,10 +271,25 @@ class TelemetryStore:
         )
         if not states:
             return
-        ids = sorted(states)
-        cols = [[getattr(states[d], name) for d in ids] for name in _State.__slots__]
-        cols[2] = [Jsonb(v) for v in cols[2]]
-        cur.execute(_STATE, [ids, *cols])
+        # Binary COPY into a staging table costs a fraction of binding nine arrays.
+        with cur.copy("COPY state_in FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_STATE_TYPES)
+            for device_id in sorted(states):
+                st = states[device_id]
+                copy.write_row(
+                    (
+                        device_id,
+                        st.last_seen,
+                        st.last_ts,
+                        Jsonb(st.latest),
+                        st.firmware,
+                        st.rssi,
+                        st.online,
+                        st.presence_epoch,
+                        st.since,
+                    )
+                )
+        cur.execute(_STATE)
 
     def _quarantine(
         self,
