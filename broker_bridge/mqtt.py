@@ -32,7 +32,7 @@ log = structlog.get_logger("broker_bridge.mqtt")
 
 SHARED_FILTER = "$share/ingest/devices/+/up/#"
 SESSION_EXPIRY_S = 7 * 24 * 3600  # a stopped worker's share waits a week for it, then expires
-RECEIVE_MAXIMUM = 4000  # unacked messages in flight per worker: two full batches
+RECEIVE_MAXIMUM = 8000  # unacked messages in flight per worker: two full batches of 4000
 KEEPALIVE_S = 30
 READ_BYTES = 65536  # one recv() serves hundreds of frames
 CONNECT_TIMEOUT_S = 5.0

@@ -43,7 +43,7 @@ MAINTENANCE_EVERY_S = (
 class WorkerConfig:
     """Tunables of a worker."""
 
-    batch_max: int = 2000  # a COPY of 2000 frames takes ~10 ms; bigger batches add latency
+    batch_max: int = 4000  # fewer, larger batches: per-device work (state, receipts) is per batch
     linger_s: float = 0.02  # waiting to fill a batch trades latency for fewer commits
     directory_ttl_ms: int = 2000
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)

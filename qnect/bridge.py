@@ -31,7 +31,7 @@ class BridgeOptions:
     """What a worker process needs besides the environment."""
 
     index: int
-    batch_max: int = 2000
+    batch_max: int = 4000
     drain: bool = False  # a session of a retired worker: empty it, then end it
 
 
@@ -105,7 +105,7 @@ class _Supervisor:
             proc.join(30)
 
 
-def supervise(workers: int, stop: threading.Event, batch_max: int = 2000) -> None:
+def supervise(workers: int, stop: threading.Event, batch_max: int = 4000) -> None:
     """Run *workers* processes, restarting any that dies, until *stop* is set.
 
     Sessions of workers beyond *workers* left by a larger deployment are drained and ended,

@@ -82,7 +82,7 @@ def device_provision(
 @app.command("bridge")
 def bridge_cmd(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
-    batch: Annotated[int, typer.Option(min=1, help="Max messages per transaction.")] = 2000,
+    batch: Annotated[int, typer.Option(min=1, help="Max messages per transaction.")] = 4000,
 ) -> None:
     """Run bridge workers until SIGTERM; the batch in hand is finished and acked."""
     configure()
