@@ -166,6 +166,9 @@ class BridgeClient:
                 delay = 0.5
             except (OSError, ValueError, ConnectionError) as exc:
                 log.warning("bridge.mqtt_disconnected", error=type(exc).__name__)
+            except Exception:
+                # A bug here must not leave the worker connected to nothing: log and reconnect.
+                log.exception("bridge.mqtt_failed")
             self._close()
             if self._stop.wait(random.uniform(0, delay)):
                 return
@@ -247,6 +250,10 @@ class BridgeClient:
                 raise ConnectionError(f"CONNACK {packet.reason_code.name}")
             self._send(self._subscription())
         elif isinstance(packet, mqtt5.SubAckPacket | mqtt5.UnsubAckPacket):
+            refused = [code for code in packet.reason_codes if int(code) >= 0x80]
+            if refused and isinstance(packet, mqtt5.SubAckPacket):
+                # Without its subscription a worker would sit connected and idle forever.
+                raise ConnectionError(f"SUBACK {refused[0].name}")
             self.connected.set()
             log.info("bridge.mqtt_connected", drain=self._drain)
         elif isinstance(packet, mqtt5.DisconnectPacket):
