@@ -147,7 +147,7 @@ def test_simulate_and_stats_commands_agree(
     )
     assert made.returncode == 0, made.stderr
     assert creds.stat().st_mode & 0o077 == 0
-    bridge_factory(workers=1)
+    bridge = bridge_factory(workers=1)
     summary = qnect_json(
         "simulate",
         "--credentials",
@@ -163,3 +163,4 @@ def test_simulate_and_stats_commands_agree(
     assert stats["accepted"] - before == summary["sent"] - summary["sent_bad"]
     assert stats["rejected_total"] - rejected_before == summary["sent_bad"]
     assert summary["confirmed"] == summary["sent"] - summary["sent_bad"]
+    assert bridge.stop() == 0  # SIGTERM: finish and ack the batch in hand, exit 0

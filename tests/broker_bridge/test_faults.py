@@ -153,3 +153,18 @@ def assert_complete_after(
     summary = {**summary, "sent": summary["sent"] + before}
     summary["confirmed"] += before
     assert_complete(dsn, creds + _earlier(dsn, creds), summary)
+
+
+def test_sigterm_mid_stream_acks_what_it_stored_and_a_new_bridge_takes_over(
+    db_dsn: str, broker: Broker, root_key_file: Path, bridge_factory: Any
+) -> None:
+    """SIGTERM mid-stream: the bridge exits 0; a new one resumes the sessions; 0 lost."""
+    before = stored(db_dsn)
+    creds = fleet(db_dsn, root_key_file, 40)
+    bridge = bridge_factory(workers=2)
+    stream = Stream(creds, broker.url, messages=100, seed=16, confirm_timeout_s=180)
+    stream.start()
+    wait_stored(db_dsn, before + 5_000, stream)
+    assert bridge.stop() == 0
+    bridge_factory(workers=2)
+    assert_complete_after(db_dsn, creds, stream.result(), before)
