@@ -34,9 +34,8 @@ log = structlog.get_logger("broker_bridge.worker")
 
 DRAIN_QUIET_S = 2.0  # a retired session is empty once the broker sent nothing for this long
 
-MAINTENANCE_EVERY_S = (
-    600.0  # partitions are made two days ahead, so hourly would do; 10 min is cheap
-)
+# Partitions are made two days ahead, so hourly would do; every 10 minutes is cheap.
+MAINTENANCE_EVERY_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +65,9 @@ class Worker:
         self._directory = Directory(source, keks, ttl_ms=config.directory_ttl_ms)
         self._pipeline = Pipeline(self._directory, config.pipeline, os.urandom)
         self._next_maintenance = 0.0
-        # Receipt counters only need to be unique under a device's downlink key, which all
-        # workers share: a random 63-bit start per worker, then +1, never meets another's.
+        # Receipt counters must be unique under a device's downlink key, which all workers
+        # share: a random 63-bit start per worker, then +1; two workers' ranges of n receipts
+        # overlap with probability about n / 2**62.
         self._receipt_counter = int.from_bytes(os.urandom(8), "big") >> 1
         self.batches = 0
 

@@ -50,7 +50,7 @@ from qnect import local_broker
 from qnect.bridge import worker_pids
 from qnect.migrate import migrate
 from qnect.settings import create_root_key_file
-from qnect.simulator import Pump, SimDevice, Tally, _telemetry_values
+from qnect.simulator import Pump, SimDevice, Tally, telemetry_values
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 WARMUP_S = 1.0
@@ -345,7 +345,7 @@ def _seal(fleet: list[SimDevice], total: int) -> list[Frame]:
     frames = []
     for i in range(total):
         d = fleet[i % len(fleet)]
-        body = msgpack.packb({"t": now, "d": _telemetry_values(d.model, rng)})
+        body = msgpack.packb({"t": now, "d": telemetry_values(d.model, rng)})
         counter, payload = d.seal("telemetry", body)
         frames.append(Frame(d.device_id, counter, d.topic("telemetry"), payload))
     return frames

@@ -49,7 +49,8 @@ BAD_KINDS = (
 )
 
 
-def _telemetry_values(model: str, rng: random.Random) -> dict[str, object]:
+def telemetry_values(model: str, rng: random.Random) -> dict[str, object]:
+    """A plausible, valid telemetry reading of *model* (raw integer units)."""
     if model == "plug":
         return {
             "power_w": rng.randint(0, 20000),
@@ -353,7 +354,7 @@ class SimDevice:
 
     def telemetry(self) -> dict[str, object]:
         """A plausible telemetry reading for this model."""
-        return _telemetry_values(self.model, self._rng)
+        return telemetry_values(self.model, self._rng)
 
     def send_bad(self, kind: str, other: SimDevice) -> None:
         """Publish one deliberately bad message of *kind* (see ``BAD_KINDS``)."""
