@@ -160,8 +160,9 @@ class TelemetryStore:
         written = Written()
         with self.conn.transaction(), self.conn.cursor() as cur:
             self._key_exchanges(cur, outcome.key_exchanges, batch, now, written)
-            new = self._ledger(cur, outcome.accepted + outcome.duplicates_seen, now)
-            for frame in outcome.accepted + outcome.duplicates_seen:
+            frames = outcome.accepted + outcome.duplicates_seen
+            new = self._ledger(cur, frames, now)
+            for frame in frames:
                 (written.stored if frame.key in new else written.duplicates).append(frame)
                 new.discard(frame.key)  # a second copy in the same batch is a duplicate
             self._rows(cur, written.stored, now)
