@@ -173,6 +173,9 @@ class FastPublisher:
         address = BrokerAddress.parse(url)
         self._sock = socket.create_connection((address.host, address.port), timeout=10)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The timeout was for connecting only: the reader thread waits as long as it must
+        # (an idle publisher is normal while a phase prepares its frames).
+        self._sock.settimeout(None)
         client_id = f"bench-pub-{secrets.token_hex(3)}"
         self._sock.sendall(mqtt5.ConnectPacket(client_id, clean_start=True).write())
         self._acked = 0
@@ -208,7 +211,8 @@ class FastPublisher:
     def publish(self, topic: str, payload: bytes) -> None:
         """Send one QoS 1 publish, waiting while too many are unacknowledged."""
         with self._changed:
-            self._changed.wait_for(lambda: self._sent - self._acked < self.IN_FLIGHT, 60)
+            if not self._changed.wait_for(lambda: self._sent - self._acked < self.IN_FLIGHT, 60):
+                raise TimeoutError("broker stopped acknowledging publishes")
         self._packet_id = self._packet_id % 65535 + 1
         packet = mqtt5.PublishPacket(
             topic, payload, qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=self._packet_id
@@ -452,16 +456,16 @@ def latency_phase(
     receipt listener has to compete with the workers for CPU.
     """
     sent: dict[tuple[str, int], float] = {}
-    publisher = FastPublisher(env.url)
+    # The first second warms the workers' device caches (key unwrapping) and is not
+    # measured: the figure is the steady state.
+    warmup = int(rate * WARMUP_S)
+    frames = _seal(fleet, warmup + int(rate * options.latency_s))
     bridge = Bridge(env, options.workers)
+    publisher = FastPublisher(env.url)
     before = _scalar(env.dsn, "SELECT count(*) FROM frames")
     try:
         _wait(lambda: len(bridge.worker_pids()) >= options.workers, 30, "workers")
         time.sleep(2.0)  # let workers connect and resubscribe
-        # The first second warms the workers' device caches (key unwrapping) and is not
-        # measured: the figure is the steady state.
-        warmup = int(rate * WARMUP_S)
-        frames = _seal(fleet, warmup + int(rate * options.latency_s))
         # Paced in 1 ms steps: everything due is sent, then one sleep. A sleep per message
         # would make the load generator one of the busiest processes on the machine.
         started, i = time.perf_counter(), 0
