@@ -23,7 +23,7 @@ import structlog
 from broker_bridge.mqtt import BridgeClient
 from broker_bridge.receipts import receipt_topic, seal_receipt
 from crypto.device_keys import MAX_COUNTER, encode_kx_response
-from crypto.keys import Kek
+from crypto.keys import KekRing
 from device_registry.errors import RegistryUnavailable
 from telemetry.directory import DeviceSource, Directory
 from telemetry.errors import StorageFailed, Unavailable
@@ -56,13 +56,13 @@ class Worker:
         client: BridgeClient,
         database: Database,
         source: DeviceSource,
-        keks: dict[int, Kek],
+        ring: KekRing,
         config: WorkerConfig,
     ) -> None:
         self._client = client
         self._db = database
         self._config = config
-        self._directory = Directory(source, keks, ttl_ms=config.directory_ttl_ms)
+        self._directory = Directory(source, ring, ttl_ms=config.directory_ttl_ms)
         self._pipeline = Pipeline(self._directory, config.pipeline, os.urandom)
         self._next_maintenance = 0.0
         # Receipt counters must be unique under a device's downlink key, which all workers

@@ -3,6 +3,7 @@
 No I/O happens here; time and randomness are parameters.
 """
 
+from crypto.blind_index import BlindIndex, derive_index, normalise_mac, plan_bits
 from crypto.device_keys import (
     DirectionKeys,
     FrameHeader,
@@ -23,10 +24,11 @@ from crypto.errors import (
     MalformedFrame,
     UnsupportedVersion,
 )
-from crypto.keys import Kek, KeyClass, derive_kek, parse_root_key, unwrap, wrap
+from crypto.keys import Kek, KekRing, KeyClass, derive_kek, parse_root_key, unwrap, wrap
 from crypto.replay import Freshness, ReplayWindow
 
 __all__ = [
+    "BlindIndex",
     "CryptoError",
     "DataKey",
     "DecryptionFailed",
@@ -37,6 +39,7 @@ __all__ = [
     "Freshness",
     "InvalidKeyMaterial",
     "Kek",
+    "KekRing",
     "KeyClass",
     "KxRequest",
     "KxResponse",
@@ -45,10 +48,13 @@ __all__ = [
     "SessionKeys",
     "Suite",
     "UnsupportedVersion",
+    "derive_index",
     "derive_kek",
+    "normalise_mac",
     "open_frame",
     "parse_header",
     "parse_root_key",
+    "plan_bits",
     "seal_frame",
     "session_keys",
     "unwrap",

@@ -124,3 +124,11 @@ def read_header(blob: bytes) -> EnvelopeHeader:
     if key_class not in KeyClass._value2member_map_:
         raise UnsupportedVersion("unknown key class")
     return EnvelopeHeader(KeyClass(key_class), key_version)
+
+
+def data_key_context(owner: str, key_class: int, version: int) -> bytes:
+    """Associated data binding a wrapped data key to its owner, class and version.
+
+    *owner* is a device binding or a subject id: every row of ``data_keys`` uses this context.
+    """
+    return f"dek|{owner}|{int(key_class)}|{version}".encode()

@@ -1,9 +1,10 @@
 """Key hierarchy primitives: the root key, key-encryption keys, and key wrapping.
 
-Owns: parsing a root key, deriving versioned key-encryption keys (KEKs) from it, wrapping and
-unwrapping key material (device root keys, data keys) with associated data that binds the
-wrapped key to its owner and use. Does not own: where the root key comes from (the caller reads
-the file or KMS) or where wrapped keys are stored.
+Owns: parsing a root key, deriving versioned key-encryption keys (KEKs) from it (one at a time
+with ``derive_kek``, or on demand through a ``KekRing``), wrapping and unwrapping key material
+(device root keys, data keys) with associated data that binds the wrapped key to its owner and
+use. Does not own: where the root key comes from (the caller reads the file or KMS), which KEK
+version is current (the ``kek_versions`` table says so) or where wrapped keys are stored.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 WRAP_VERSION = 1
 _WRAP_HEADER = struct.Struct(">BH")  # wrap format version, KEK version
+FIRST_KEK_VERSION = 1  # version 0 is never derived: a zeroed header must not name a real KEK
+MAX_KEK_VERSION = 0xFFFF  # the wrap header stores the KEK version as a u16
 
 
 class KeyClass(IntEnum):
@@ -34,6 +37,7 @@ class KeyClass(IntEnum):
     HEALTH = 4  # body measurements from scales
     MEDIA = 5  # camera media object references
     PROFILE = 6  # account data
+    PSEUDONYM = 7  # per-subject key for audit pseudonyms; destroyed at erasure (unlinkable log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,11 @@ def wrapped_kek_version(blob: bytes) -> int:
     return int(kek_version)
 
 
+def wrap_header(kek_version: int) -> bytes:
+    """The first bytes of every blob wrapped under *kek_version* (lets SQL find stale blobs)."""
+    return _WRAP_HEADER.pack(WRAP_VERSION, kek_version)
+
+
 def unwrap(kek: Kek, blob: bytes, *, context: bytes) -> bytes:
     """Open a wrapped key.
 
@@ -120,6 +129,80 @@ def unwrap(kek: Kek, blob: bytes, *, context: bytes) -> bytes:
         )
     except InvalidTag as exc:
         raise DecryptionFailed(f"kek/{kek.version}") from exc
+
+
+class KekRing:
+    """Every KEK version of one root key, derived on first use and cached (MultiFernet-like).
+
+    Unwrapping reads the KEK version from the blob header, so a process started before a
+    rotation still opens keys wrapped after it. Wrapping names its version explicitly: the
+    current version lives in the database and is read in the transaction that stores the
+    blob, never remembered by a long-lived process (it would go stale at the next rotation).
+    """
+
+    __slots__ = ("_cache", "_root")
+
+    def __init__(self, root_key: bytes) -> None:
+        """Hold *root_key* (32 bytes, as ``parse_root_key`` returns it).
+
+        Raises:
+            InvalidKeyMaterial: the root key is not 32 bytes.
+        """
+        if len(root_key) != KEY_BYTES:
+            raise InvalidKeyMaterial("root key must be 32 bytes")
+        self._root = root_key
+        self._cache: dict[int, Kek] = {}
+
+    def __repr__(self) -> str:
+        """Show which versions are cached, never key material."""
+        return f"KekRing(cached={sorted(self._cache)})"
+
+    def kek(self, version: int) -> Kek:
+        """KEK *version*, derived on first use.
+
+        Raises:
+            UnsupportedVersion: *version* is outside 1..65535 (no KEK has that number).
+        """
+        kek = self._cache.get(version)
+        if kek is None:
+            if not FIRST_KEK_VERSION <= version <= MAX_KEK_VERSION:
+                raise UnsupportedVersion("no such KEK version")
+            kek = self._cache[version] = derive_kek(self._root, version)
+        return kek
+
+    def __getitem__(self, version: int, /) -> Kek:
+        """``ring[v]`` is ``ring.kek(v)``, for code that looks KEKs up like a mapping."""
+        return self.kek(version)
+
+    def wrap(self, material: bytes, *, version: int, context: bytes, nonce: bytes) -> bytes:
+        """Wrap *material* under KEK *version* (see ``wrap``).
+
+        Raises:
+            UnsupportedVersion: *version* is outside 1..65535.
+            ValueError: the nonce is not 12 bytes.
+        """
+        return wrap(self.kek(version), material, context=context, nonce=nonce)
+
+    def unwrap(self, blob: bytes, *, context: bytes) -> bytes:
+        """Open *blob* under the KEK version its header names.
+
+        Raises:
+            DecryptionFailed: wrong context, wrong root key or a tampered blob.
+            MalformedFrame: the blob is too short.
+            UnsupportedVersion: unknown wrap format, or KEK version 0.
+        """
+        return unwrap(self.kek(wrapped_kek_version(blob)), blob, context=context)
+
+    def rewrap(self, blob: bytes, *, version: int, context: bytes, nonce: bytes) -> bytes:
+        """Open *blob* and wrap the same material under KEK *version* with the same context.
+
+        Raises:
+            DecryptionFailed: the blob does not open (nothing is rewrapped).
+            MalformedFrame: the blob is too short.
+            UnsupportedVersion: unknown wrap format or KEK version.
+        """
+        material = self.unwrap(blob, context=context)
+        return self.wrap(material, version=version, context=context, nonce=nonce)
 
 
 def lp(data: bytes) -> bytes:

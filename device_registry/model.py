@@ -1,7 +1,8 @@
 """Devices as the rest of the system sees them (pure).
 
-Owns: the device record read from storage, and turning it into a ``DeviceContext`` whose keys
-are unwrapped and ready (root key, key-exchange key, field ciphers per key class). Does not
+Owns: the device record read from storage, turning it into a ``DeviceContext`` whose keys
+are unwrapped and ready (root key, key-exchange key, field ciphers per key class), and the keys
+the registry works with (``RegistryKeys``: the KEK ring and the MAC blind index). Does not
 own: storage (``postgres.py``) or the ingest decisions (``telemetry``).
 """
 
@@ -12,9 +13,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import NewType
 
+from crypto.blind_index import MAC_INDEX_BITS, BlindIndex, derive_index
 from crypto.device_keys import kx_key
-from crypto.envelope import DataKey, FieldCipher, FieldContext
-from crypto.keys import Kek, KeyClass, unwrap, wrapped_kek_version
+from crypto.envelope import DataKey, FieldCipher, FieldContext, data_key_context
+from crypto.keys import KekRing, KeyClass
 from device_registry.profiles import PROFILES, Profile
 
 DeviceId = NewType("DeviceId", str)
@@ -53,6 +55,7 @@ class DeviceRecord:
     current_epoch: int
     current_since: datetime | None
     data_keys: tuple[WrappedDataKey, ...] = field(repr=False)
+    precise_location: bool = False  # the owner consented to precise positions being stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,7 @@ class DeviceContext:
     registered_mac: str = field(repr=False)
     current_epoch: int
     current_since: datetime | None
+    precise_location: bool = False
 
 
 def new_device_id(rand: bytes) -> DeviceId:
@@ -87,42 +91,65 @@ def root_key_context(device_id: str, version: int) -> bytes:
     return f"drk|{device_id}|{version}".encode()
 
 
-def data_key_context(owner: str, key_class: KeyClass, version: int) -> bytes:
-    """Associated data binding a wrapped data key to its owner, class and version."""
-    return f"dek|{owner}|{int(key_class)}|{version}".encode()
-
-
 REGISTRY_MAC_CONTEXT = FieldContext("devices", "mac_enc", "registry")
+MAC_INDEX_NAME = ("devices", "mac_enc", "mac_bidx")  # (table, column, index) of the MAC index
 
 
-def open_record(record: DeviceRecord, keks: dict[int, Kek]) -> DeviceContext | None:
-    """Unwrap a record's keys; ``None`` for a revoked device whose root key was destroyed.
+@dataclass(frozen=True, slots=True)
+class RegistryKeys:
+    """The keys the registry works with: KEKs for wrapped keys, and the MAC blind index."""
+
+    ring: KekRing
+    mac_index: BlindIndex
+
+    @classmethod
+    def from_root_key(cls, root_key: bytes, *, mac_bits: int = MAC_INDEX_BITS) -> RegistryKeys:
+        """Derive both from the root key (*mac_bits* other than the default is for tests).
+
+        Raises:
+            InvalidKeyMaterial: the root key is not 32 bytes.
+        """
+        index = derive_index(root_key, *MAC_INDEX_NAME, bits=mac_bits)
+        return cls(KekRing(root_key), index)
+
+
+def _open_data_key(record: DeviceRecord, dk: WrappedDataKey, ring: KekRing) -> FieldCipher:
+    context = data_key_context(record.binding, dk.key_class, dk.version)
+    material = ring.unwrap(dk.wrapped, context=context)
+    return FieldCipher(DataKey(record.binding, dk.key_class, dk.version, material))
+
+
+def registered_mac(record: DeviceRecord, ring: KekRing) -> str | None:
+    """Decrypt only the factory MAC; ``None`` once the binding's network key is gone.
+
+    Works for revoked devices too (their network key outlives the root key until erasure).
 
     Raises:
-        DecryptionFailed: a wrapped key does not open (wrong KEK or tampered row).
+        DecryptionFailed: the network key or the MAC envelope does not open.
+    """
+    for dk in record.data_keys:
+        if dk.key_class is KeyClass.NETWORK:
+            cipher = _open_data_key(record, dk, ring)
+            return cipher.open(record.mac_enc, REGISTRY_MAC_CONTEXT).decode()
+    return None
+
+
+def open_record(record: DeviceRecord, ring: KekRing) -> DeviceContext | None:
+    """Unwrap a record's keys; ``None`` for a revoked device whose root key was destroyed.
+
+    Keys may be wrapped under any KEK version; the ring derives the one each blob names.
+
+    Raises:
+        DecryptionFailed: a wrapped key does not open (wrong root key or tampered row).
+        UnsupportedVersion: a blob names KEK version 0 or an unknown wrap format.
     """
     if record.root_key_wrapped is None:
         return None
-
-    def open_wrapped(blob: bytes, context: bytes) -> bytes:
-        return unwrap(keks[wrapped_kek_version(blob)], blob, context=context)
-
-    root = open_wrapped(
-        record.root_key_wrapped, root_key_context(record.device_id, record.drk_version)
+    root = ring.unwrap(
+        record.root_key_wrapped,
+        context=root_key_context(record.device_id, record.drk_version),
     )
-    ciphers = {
-        dk.key_class: FieldCipher(
-            DataKey(
-                record.binding,
-                dk.key_class,
-                dk.version,
-                open_wrapped(
-                    dk.wrapped, data_key_context(record.binding, dk.key_class, dk.version)
-                ),
-            )
-        )
-        for dk in record.data_keys
-    }
+    ciphers = {dk.key_class: _open_data_key(record, dk, ring) for dk in record.data_keys}
     mac = ciphers[KeyClass.NETWORK].open(record.mac_enc, REGISTRY_MAC_CONTEXT).decode()
     return DeviceContext(
         device_id=record.device_id,
@@ -136,6 +163,7 @@ def open_record(record: DeviceRecord, keks: dict[int, Kek]) -> DeviceContext | N
         registered_mac=mac,
         current_epoch=record.current_epoch,
         current_since=record.current_since,
+        precise_location=record.precise_location,
     )
 
 

@@ -20,3 +20,9 @@ class DataCategory(StrEnum):
     LOCATION_PRECISE = "user.location.precise"  # robot-cleaner positions inside a home
     HEALTH = "user.health_and_medical"  # Art. 9 special category (scales)
     MEDIA = "user.content.private"  # camera media references
+    DEVICE_REF = "user.device.pseudonymous_id"  # our opaque device id, linkable to an owner
+    ACCOUNT = "user.account"  # household membership, account status
+    NAME = "user.name"
+    EMAIL = "user.contact.email"
+    PRIVACY_PREFERENCES = "user.privacy_preferences"  # consents, objections, restriction
+    AUDIT = "system.audit"  # who read what (subjects only as keyed pseudonyms)

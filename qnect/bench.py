@@ -43,12 +43,14 @@ from paho.mqtt.properties import Properties
 from psycopg import sql
 
 from broker_bridge.mqtt import BrokerAddress
-from crypto.keys import derive_kek, parse_root_key
+from crypto.keys import parse_root_key
+from device_registry.model import RegistryKeys
 from device_registry.postgres import provision
 from device_registry.profiles import MODELS
 from qnect import local_broker
 from qnect.bridge import worker_pids
 from qnect.migrate import migrate
+from qnect.rights import adopt, build
 from qnect.settings import create_root_key_file
 from qnect.simulator import Pump, SimDevice, Tally, telemetry_values
 
@@ -132,14 +134,17 @@ def scratch(admin_dsn: str, options: BenchOptions, say: Progress) -> Iterator[En
 
 
 def _provision(env: Env, options: BenchOptions, say: Progress) -> None:
-    kek = derive_kek(parse_root_key(env.root_key_file.read_text()), 1)
+    keys = RegistryKeys.from_root_key(parse_root_key(env.root_key_file.read_text()))
     with psycopg.connect(env.dsn) as conn:
         per_model = max(1, options.devices // len(MODELS))
         for model in MODELS:
-            env.creds += [c.to_json() for c in provision(conn, kek, model, per_model)]
+            env.creds += [c.to_json() for c in provision(conn, keys, model, per_model)]
+        # Scale readings are stored only under an owner's explicit health consent.
+        scales = [str(c["device_id"]) for c in env.creds if c["model"] == "scale"]
+        adopt(conn, build(parse_root_key(env.root_key_file.read_text())), scales, email="b@x.test")
         extra = options.provisioned
         while extra > 0:
-            provision(conn, kek, "plug", min(extra, 5000))
+            provision(conn, keys, "plug", min(extra, 5000))
             extra -= 5000
     say(f"provisioned {len(env.creds)} sending devices (+{options.provisioned} idle)")
 

@@ -55,7 +55,7 @@ def run_worker(options: BridgeOptions) -> None:
         pipeline=PipelineConfig(epoch_grace_ms=int(settings.epoch_grace_s * 1000)),
     )
     worker = Worker(
-        client, database, PostgresDeviceSource(lambda: database.conn), settings.keks(), config
+        client, database, PostgresDeviceSource(lambda: database.conn), settings.kek_ring(), config
     )
     client_id = f"qnect-bridge-{options.index}"
     for attempt in stamina.retry_context(on=Unavailable, attempts=None, timeout=None):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -14,14 +16,21 @@ import typer
 from rich.progress import Progress
 
 from broker_bridge.mqtt import BrokerAddress
-from device_registry.postgres import provision
+from crypto.errors import CryptoError
+from device_registry.postgres import find_by_mac, provision, rotate_kek
 from device_registry.profiles import MODELS
+from privacy.audit import AuditKeys
+from privacy.postgres_audit import seal_pending
+from privacy.postgres_audit import verify as verify_audit
 from qnect import bench, local_broker, simulator
 from qnect.bridge import supervise
+from qnect.cli_privacy import privacy_app, subject_app
 from qnect.logs import configure
 from qnect.migrate import layout, migrate
-from qnect.settings import KEK_VERSION, Settings, create_root_key_file
+from qnect.rights import adopt, build
+from qnect.settings import Settings, create_root_key_file
 from qnect.stats import device_stats, stats
+from telemetry.postgres_layout import reconcile_retention
 
 app = typer.Typer(
     help="Qnect cloud ingestion backend.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -30,6 +39,10 @@ keys_app = typer.Typer(help="Key management.", no_args_is_help=True)
 device_app = typer.Typer(help="Device registry.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(device_app, name="device")
+audit_app = typer.Typer(help="Audit log: seal and verify.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+app.add_typer(subject_app, name="subject")
+app.add_typer(privacy_app, name="privacy")
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/qnect"
 LOCAL_DIR = Path("var")
@@ -48,6 +61,39 @@ def keys_init(out: Annotated[Path, typer.Option(help="Root key file to create (0
         typer.echo(f"{out} exists; refusing to overwrite", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"root key written to {out}")
+
+
+@keys_app.command("rotate-kek")
+def keys_rotate_kek(
+    to_version: Annotated[
+        int | None,
+        typer.Option(help="Expected target version: rerunning with it is a no-op once done."),
+    ] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Rows rewrapped per transaction.")] = 2000,
+) -> None:
+    """Rewrap every stored key under a new KEK version (resumes an unfinished rotation)."""
+    settings = _settings()
+    ring = settings.kek_ring()
+    with (
+        psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn,
+        Progress(transient=True) as bar,
+    ):
+        task = bar.add_task("rewrapping keys", total=None)
+        try:
+            result = rotate_kek(
+                conn,
+                ring,
+                to_version=to_version,
+                batch=batch,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except ValueError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
+        except CryptoError as exc:  # a damaged row: the error names it; rerun once fixed
+            typer.echo(f"rotation stopped: {exc}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(json.dumps(dataclasses.asdict(result)))
 
 
 @app.command("migrate")
@@ -70,13 +116,32 @@ def device_provision(
         typer.echo(f"unknown model {model!r}; choose one of {', '.join(MODELS)}", err=True)
         raise typer.Exit(2)
     settings = _settings()
-    kek = settings.keks()[KEK_VERSION]
+    keys = settings.registry_keys()
     with psycopg.connect(settings.database_url.get_secret_value()) as conn:
-        creds = provision(conn, kek, model, count)
+        creds = provision(conn, keys, model, count)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump([c.to_json() for c in creds], f)
     typer.echo(f"provisioned {count} {model} device(s); credentials in {out}")
+
+
+@device_app.command("find")
+def device_find(
+    mac: Annotated[str, typer.Option(help="MAC address: AA:BB:CC:DD:EE:FF, aa-bb-.., aabb...")],
+) -> None:
+    """Print the ids of devices registered with a MAC address, as JSON.
+
+    Unaudited operator tool: support staff will use the privacy gate's audited wrapper.
+    """
+    settings = _settings()
+    keys = settings.registry_keys()
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        try:
+            found = find_by_mac(conn, keys, mac)
+        except ValueError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
+    typer.echo(json.dumps(found))
 
 
 @app.command("bridge")
@@ -86,7 +151,7 @@ def bridge_cmd(
 ) -> None:
     """Run bridge workers until SIGTERM; the batch in hand is finished and acked."""
     configure()
-    _settings().keks()  # refuse to start without a usable root key
+    _settings().kek_ring()  # refuse to start without a usable root key
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -130,6 +195,25 @@ def _simulate(
             confirm_timeout_s=timeout,
             progress=lambda done, _total: bar.update(task, completed=done),
         )
+
+
+@app.command("retention")
+def retention_cmd() -> None:
+    """Reconcile retention with the map per data category (fix drift, drop what expired)."""
+    dsn = _settings().database_url.get_secret_value()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        drift, dropped = reconcile_retention(conn, datetime.now(UTC))
+    typer.echo(
+        json.dumps(
+            {
+                "fixed": [
+                    {"table": d.table, "installed": d.installed, "expected": d.expected}
+                    for d in drift
+                ],
+                "dropped": dropped,
+            }
+        )
+    )
 
 
 @app.command("stats")
@@ -193,12 +277,21 @@ def run_cmd(
 
 
 def _demo_fleet(settings: Settings, per_model: int, messages: int, bad_fraction: float) -> None:
-    kek = settings.keks()[KEK_VERSION]
+    keys = settings.registry_keys()
     creds: list[dict[str, object]] = []
     with psycopg.connect(settings.database_url.get_secret_value()) as conn:
         for model in MODELS:
-            creds += [c.to_json() for c in provision(conn, kek, model, per_model)]
-    typer.echo(f"provisioned {len(creds)} simulated devices; sending {messages} frames each")
+            creds += [c.to_json() for c in provision(conn, keys, model, per_model)]
+        owner = adopt(
+            conn,
+            build(settings.root_key()),
+            [str(c["device_id"]) for c in creds],
+            email="demo-owner@example.com",
+        )
+    typer.echo(
+        f"provisioned {len(creds)} simulated devices owned by demo subject {owner} "
+        f"(health consent given); sending {messages} frames each"
+    )
     summary = _simulate(
         creds, BrokerAddress.parse(settings.mqtt_url), messages, 0.0, bad_fraction, 120.0
     )
@@ -227,6 +320,32 @@ def bench_cmd(
         for key, value in result.items():
             typer.echo(f"{key:<{width}}  {value}")
     typer.echo(json.dumps(result))
+
+
+@audit_app.command("seal")
+def audit_seal() -> None:
+    """Seal the audit events that no seal lists yet; prints {seal_no, rows}."""
+    settings = _settings()
+    keys = AuditKeys.from_root(settings.root_key())
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        seal = seal_pending(conn, keys, now=datetime.now(UTC))
+    rows = len(seal.seqs) if seal else 0
+    typer.echo(json.dumps({"seal_no": seal.seal_no if seal else None, "rows": rows}))
+
+
+@audit_app.command("verify")
+def audit_verify(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Check every audit row and seal; exit code 1 on any edit, deletion, insertion or break."""
+    settings = _settings()
+    keys = AuditKeys.from_root(settings.root_key())
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        report = verify_audit(conn, keys)
+    doc = report.to_json()
+    typer.echo(json.dumps(doc) if as_json else json.dumps(doc, indent=2))
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def _ensure_database(dsn: str) -> None:

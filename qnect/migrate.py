@@ -43,6 +43,9 @@ def _series(conn: psycopg.Connection[Any], mode: str) -> None:
 MIGRATIONS: list[tuple[str, Step]] = [
     ("0001_core", _sql("0001_core.sql")),
     ("0002_series", _series),
+    ("0003_privacy", _sql("0003_privacy.sql")),
+    ("0004_audit", _sql("0004_audit.sql")),
+    ("0005_keys", _sql("0005_keys.sql")),
 ]
 
 

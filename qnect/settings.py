@@ -10,9 +10,8 @@ from typing import Literal
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from crypto.keys import Kek, derive_kek, parse_root_key
-
-KEK_VERSION = 1
+from crypto.keys import KekRing, parse_root_key
+from device_registry.model import RegistryKeys
 
 
 class Settings(BaseSettings):
@@ -33,9 +32,13 @@ class Settings(BaseSettings):
             raise PermissionError(f"{self.root_key_file} must be readable by its owner only")
         return parse_root_key(self.root_key_file.read_text())
 
-    def keks(self) -> dict[int, Kek]:
-        """Key-encryption keys by version."""
-        return {KEK_VERSION: derive_kek(self.root_key(), KEK_VERSION)}
+    def kek_ring(self) -> KekRing:
+        """Every KEK version, derived on demand (which one wraps is the database's to say)."""
+        return KekRing(self.root_key())
+
+    def registry_keys(self) -> RegistryKeys:
+        """The KEK ring and the MAC blind index, for provisioning and device lookups."""
+        return RegistryKeys.from_root_key(self.root_key())
 
 
 def create_root_key_file(path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from crypto.device_keys import SessionKeys, session_keys
 from crypto.errors import CryptoError
-from crypto.keys import Kek
+from crypto.keys import KekRing
 from crypto.replay import ReplayWindow
 from device_registry.model import DeviceContext, DeviceRecord, open_record
 from device_registry.sessions import SessionRecord
@@ -57,13 +57,13 @@ class Directory:
     def __init__(
         self,
         source: DeviceSource,
-        keks: dict[int, Kek],
+        ring: KekRing,
         *,
         ttl_ms: int = DEFAULT_TTL_MS,
         capacity: int = DEFAULT_CAPACITY,
     ) -> None:
         self._source = source
-        self._keks = keks
+        self._ring = ring
         self._ttl_ms = ttl_ms
         self._capacity = capacity
         self._devices: OrderedDict[str, _Entry] = OrderedDict()
@@ -119,8 +119,8 @@ class Directory:
             self._revoked.add(record.device_id)
             return None
         try:
-            context = open_record(record, self._keks)
-        except (CryptoError, KeyError):  # damaged row, or a KEK version we do not hold
+            context = open_record(record, self._ring)
+        except (CryptoError, KeyError):  # damaged row, bad KEK version, or no network key
             self._broken.add(record.device_id)
             return None
         self._broken.discard(record.device_id)

@@ -58,6 +58,11 @@ MacMismatch = _reason("MacMismatch", "mac_mismatch", "Reported MAC differs from 
 KeyUnavailable = _reason(
     "KeyUnavailable", "key_unavailable", "A needed key is destroyed or cannot be opened."
 )
+NoHealthConsent = _reason(
+    "NoHealthConsent",
+    "no_health_consent",
+    "Health readings from a device whose owner gave no explicit (Art. 9) consent.",
+)
 InternalError = _reason(
     "InternalError", "internal_error", "A bug met this message; it is quarantined, not retried."
 )

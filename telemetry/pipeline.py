@@ -22,6 +22,7 @@ from crypto.envelope import FieldContext
 from crypto.errors import DecryptionFailed
 from crypto.errors import MalformedFrame as CryptoMalformed
 from crypto.errors import UnsupportedVersion as CryptoUnsupported
+from crypto.keys import KeyClass
 from crypto.nonces import NonceSequence
 from crypto.replay import Freshness
 from device_registry.model import DeviceContext, DeviceStatus, is_device_id
@@ -38,6 +39,7 @@ TOPIC_PREFIX = "devices/"
 KINDS = {"telemetry": ReportKind.TELEMETRY, "status": ReportKind.STATUS, "info": ReportKind.INFO}
 MAX_KX_SKEW_MS = 5 * 60 * 1000  # key-exchange timestamps older than this are treated as replays
 GRACE_EPOCHS = 3  # how many superseded sessions may still deliver resent frames
+COARSE_POSITION_M = 2  # unconsented robot positions: a 2 m grid says which room, not where
 
 Random = Callable[[int], bytes]
 _FIXED_PROFILES = {ReportKind.STATUS: STATUS, ReportKind.INFO: INFO}  # same for every model
@@ -345,9 +347,14 @@ class Pipeline:
                 table = _table_of(report.kind, point.retention)
                 context = FieldContext(table, point.name, row)
                 cipher = device.ciphers.get(point.key_class)
+                if cipher is None and point.key_class is KeyClass.HEALTH:
+                    raise errors.NoHealthConsent("the owner has not consented")
                 if cipher is None:
                     raise errors.KeyUnavailable(f"no active {point.key_class.name.lower()} key")
-                blob = cipher.seal(msgpack.packb(value), context, nonce=self._nonce())
+                stored = value
+                if point.key_class is KeyClass.LOCATION and not device.precise_location:
+                    stored = _coarse(point, value)
+                blob = cipher.seal(msgpack.packb(stored), context, nonce=self._nonce())
                 frame.sealed.append((point.retention, point.code, blob))
             elif report.kind is ReportKind.STATUS:
                 frame.online = bool(value)
@@ -359,6 +366,17 @@ class Pipeline:
         if report.kind is ReportKind.INFO:
             frame.firmware = _firmware(report)
         return frame
+
+
+def _coarse(point: DataPoint, value: Value) -> Value:
+    """A position rounded to ``COARSE_POSITION_M`` (which room, not where in it).
+
+    Stored unless the owner consented to precise positions (privacy policy: minimisation).
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        return value
+    step: int = COARSE_POSITION_M * 10**point.scale
+    return round(value / step) * step
 
 
 def _numeric(point: DataPoint, value: Value) -> float:

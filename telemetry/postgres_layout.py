@@ -268,3 +268,52 @@ def failed_jobs(conn: Conn) -> list[tuple[int, str, str]]:
         "WHERE s.last_run_status = 'Failed'"
     ).fetchall()
     return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionDrift:
+    """A series table whose installed retention differs from ``RETENTION_DAYS``."""
+
+    table: str
+    installed: str | None  # the policy's drop_after as installed, None when missing
+    expected: str
+
+
+def retention_drift(conn: Conn) -> list[RetentionDrift]:
+    """Compare installed TimescaleDB retention policies with the retention map.
+
+    Native partitions have no installed policy: ``drop_expired`` applies the map directly,
+    so there is nothing that can drift.
+    """
+    if layout_kind(conn) != "timescale":
+        return []
+    installed = dict(
+        conn.execute(
+            "SELECT hypertable_name, config->>'drop_after' FROM timescaledb_information.jobs "
+            "WHERE proc_name = 'policy_retention' AND hypertable_schema = current_schema()"
+        ).fetchall()
+    )
+    drift = []
+    for table in SERIES:
+        expected = timedelta(days=RETENTION_DAYS[table.retention])
+        have = installed.get(table.name)
+        row = conn.execute("SELECT %s::interval = %s::interval", (have, expected)).fetchone()
+        if have is None or not (row and row[0]):
+            drift.append(RetentionDrift(table.name, have, f"{expected.days} days"))
+    return drift
+
+
+def reconcile_retention(conn: Conn, now: datetime) -> tuple[list[RetentionDrift], list[str]]:
+    """Reinstall drifted retention policies and drop what is already past retention.
+
+    Returns:
+        (drift found and fixed, partitions or chunks dropped).
+    """
+    drift = retention_drift(conn)
+    for d in drift:
+        days = RETENTION_DAYS[next(t.retention for t in SERIES if t.name == d.table)]
+        conn.execute("SELECT remove_retention_policy(%s, if_exists => true)", (d.table,))
+        conn.execute(
+            "SELECT add_retention_policy(%s, %s::interval)", (d.table, timedelta(days=days))
+        )
+    return drift, drop_expired(conn, now)

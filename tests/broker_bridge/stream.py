@@ -9,20 +9,29 @@ from typing import Any
 import psycopg
 
 from broker_bridge.mqtt import BrokerAddress
-from crypto.keys import derive_kek, parse_root_key
+from crypto.keys import parse_root_key
+from device_registry.model import RegistryKeys
 from device_registry.postgres import provision
 from device_registry.profiles import MODELS, PROFILES, PointType
 from qnect import simulator
+from qnect.rights import adopt, build
 from tests.fix_bridge import count
 
 
 def fleet(dsn: str, root_key_file: Path, per_model: int) -> list[dict[str, Any]]:
-    """Provision *per_model* devices of every model; returns their credentials."""
-    kek = derive_kek(parse_root_key(root_key_file.read_text()), 1)
+    """Provision *per_model* devices of every model; returns their credentials.
+
+    The scales get an owner with explicit health consent, as without one their readings are
+    refused (Art. 9).
+    """
+    root = parse_root_key(root_key_file.read_text())
+    keys = RegistryKeys.from_root_key(root)
     creds: list[dict[str, Any]] = []
     with psycopg.connect(dsn) as conn:
         for model in MODELS:
-            creds += [c.to_json() for c in provision(conn, kek, model, per_model)]
+            creds += [c.to_json() for c in provision(conn, keys, model, per_model)]
+        scales = [c["device_id"] for c in creds if c["model"] == "scale"]
+        adopt(conn, build(root), scales, email="fleet-owner@example.com")
     return creds
 
 

@@ -80,7 +80,7 @@ def test_destroyed_key_and_revocation_reject_without_stopping_the_worker(
             )
         time.sleep(CACHE_TTL_S)
         for device, reason in (
-            (scale, "key_unavailable"),
+            (scale, "no_health_consent"),
             (plug, "device_revoked"),
             (cleaner, "key_unavailable"),
         ):

@@ -15,7 +15,17 @@ from crypto.errors import (
     MalformedFrame,
     UnsupportedVersion,
 )
-from crypto.keys import Kek, derive_kek, lp, parse_root_key, unwrap, wrap, wrapped_kek_version
+from crypto.keys import (
+    Kek,
+    KekRing,
+    derive_kek,
+    lp,
+    parse_root_key,
+    unwrap,
+    wrap,
+    wrap_header,
+    wrapped_kek_version,
+)
 
 ROOT = bytes(range(32))
 KEK_1 = "92bc2995f47b7945172c0d9598f443ef12e8f0cb57b00c53c16c16ab15ac974b"
@@ -171,3 +181,59 @@ def test_wrap_refuses_nonce_of_wrong_length():
     """Wrap refuses a nonce that is not 12 bytes, since unwrap could never read it back."""
     with pytest.raises(ValueError):
         wrap(derive_kek(ROOT, 1), MATERIAL, context=CONTEXT, nonce=bytes(16))
+
+
+def test_kek_ring_derives_like_derive_kek_and_caches():
+    """The ring derives any version as derive_kek does and returns the cached object next time."""
+    ring = KekRing(ROOT)
+    first = ring.kek(2)
+    assert first == derive_kek(ROOT, 2)
+    assert ring.kek(2) is first
+    assert ring[2] is first
+    assert ring.kek(65535) == derive_kek(ROOT, 65535)
+    assert repr(ring) == "KekRing(cached=[2, 65535])"
+
+
+@pytest.mark.parametrize("version", [0, -1, 65536])
+def test_kek_ring_refuses_versions_outside_u16_range(version: int):
+    """Version 0, negative versions and versions past the u16 header are UnsupportedVersion."""
+    with pytest.raises(UnsupportedVersion):
+        KekRing(ROOT).kek(version)
+
+
+def test_kek_ring_refuses_short_root_key():
+    """A ring over anything but 32 bytes of root key is InvalidKeyMaterial."""
+    with pytest.raises(InvalidKeyMaterial):
+        KekRing(ROOT[:31])
+
+
+def test_kek_ring_unwraps_any_version_from_the_header():
+    """A ring opens blobs of versions it never saw, reading the version from the blob header."""
+    ring = KekRing(ROOT)
+    assert ring.unwrap(_wrapped(), context=CONTEXT) == MATERIAL
+    newer = wrap(derive_kek(ROOT, 7), MATERIAL, context=CONTEXT, nonce=NONCE)
+    assert ring.unwrap(newer, context=CONTEXT) == MATERIAL
+
+
+def test_kek_ring_refuses_blob_naming_version_zero():
+    """A blob whose header names KEK 0 is UnsupportedVersion, never opened under a derived key."""
+    blob = b"\x01\x00\x00" + _wrapped()[3:]
+    with pytest.raises(UnsupportedVersion):
+        KekRing(ROOT).unwrap(blob, context=CONTEXT)
+
+
+def test_kek_ring_wrap_is_wrap_under_named_version():
+    """ring.wrap under version v is byte-identical to wrap with derive_kek(root, v)."""
+    ring = KekRing(ROOT)
+    assert ring.wrap(MATERIAL, version=1, context=CONTEXT, nonce=NONCE).hex() == WRAPPED
+
+
+def test_kek_ring_rewrap_moves_blob_to_target_version():
+    """Rewrap keeps material and context, changes the header version, and fails on a bad context."""
+    ring = KekRing(ROOT)
+    moved = ring.rewrap(_wrapped(), version=2, context=CONTEXT, nonce=bytes([9]) * 12)
+    assert wrapped_kek_version(moved) == 2
+    assert moved[:3] == wrap_header(2) == b"\x01\x00\x02"
+    assert unwrap(derive_kek(ROOT, 2), moved, context=CONTEXT) == MATERIAL
+    with pytest.raises(DecryptionFailed):
+        ring.rewrap(_wrapped(), version=2, context=b"other", nonce=NONCE)

@@ -45,13 +45,13 @@ def test_root_key_placeholder_and_loose_permissions_refused(
     placeholder.chmod(0o600)
     monkeypatch.setenv("QNECT_ROOT_KEY_FILE", str(placeholder))
     with pytest.raises(InvalidKeyMaterial):
-        Settings().keks()  # type: ignore[call-arg]
+        Settings().kek_ring()  # type: ignore[call-arg]
     loose = tmp_path / "loose.key"
     create_root_key_file(loose)
     loose.chmod(0o640)
     monkeypatch.setenv("QNECT_ROOT_KEY_FILE", str(loose))
     with pytest.raises(PermissionError):
-        Settings().keks()  # type: ignore[call-arg]
+        Settings().kek_ring()  # type: ignore[call-arg]
 
 
 def test_provision_refuses_unknown_model_and_migrate_is_idempotent(

@@ -15,6 +15,8 @@ from telemetry.postgres_layout import (
     ensure_ahead,
     failed_jobs,
     layout_kind,
+    reconcile_retention,
+    retention_drift,
 )
 
 
@@ -100,3 +102,27 @@ def test_timescale_maintenance_from_the_application(timescale_dsn: str) -> None:
         assert row[0] >= 1
         assert conn.execute("SELECT count(*) FROM telemetry").fetchone() == (1,)
         assert isinstance(failed_jobs(conn), list)
+
+
+def test_retention_drift_is_found_and_reconciled(timescale_dsn: str) -> None:
+    """A retention policy changed behind the app's back is reported and reinstalled."""
+    with psycopg.connect(timescale_dsn, autocommit=True) as conn:
+        assert retention_drift(conn) == []
+        conn.execute("SELECT remove_retention_policy('health_readings')")
+        conn.execute("SELECT remove_retention_policy('telemetry')")
+        conn.execute("SELECT add_retention_policy('telemetry', INTERVAL '5 days')")
+        drift = {d.table: d for d in retention_drift(conn)}
+        assert set(drift) == {"health_readings", "telemetry"}
+        assert drift["health_readings"].installed is None
+        assert drift["telemetry"].expected == "90 days"
+        fixed, _dropped = reconcile_retention(conn, datetime.now(UTC))
+        assert {d.table for d in fixed} == {"health_readings", "telemetry"}
+        assert retention_drift(conn) == []
+
+
+def test_native_layout_has_no_policy_to_drift(db_dsn: str) -> None:
+    """On plain PostgreSQL the map is applied by partition drops, so nothing can drift."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        assert retention_drift(conn) == []
+        fixed, _dropped = reconcile_retention(conn, datetime.now(UTC))
+        assert fixed == []
