@@ -36,6 +36,7 @@ DRAIN_QUIET_S = 2.0  # a retired session is empty once the broker sent nothing f
 
 # Partitions are made two days ahead, so hourly would do; every 10 minutes is cheap.
 MAINTENANCE_EVERY_S = 600.0
+SEAL_EVERY_S = 30.0  # audit events wait at most this long (plus 2 s settling) for a seal
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class Worker:
         self._directory = Directory(source, ring, ttl_ms=config.directory_ttl_ms)
         self._pipeline = Pipeline(self._directory, config.pipeline, os.urandom)
         self._next_maintenance = 0.0
+        self._next_seal = 0.0
         # Receipt counters must be unique under a device's downlink key, which all workers
         # share: a random 63-bit start per worker, then +1; two workers' ranges of n receipts
         # overlap with probability about n / 2**62.
@@ -90,6 +92,8 @@ class Worker:
                         break
                 elif time.monotonic() >= self._next_maintenance:
                     self._maintain()
+                if time.monotonic() >= self._next_seal:
+                    self._seal()
         finally:
             self._client.stop(end_session=drain and not stop.is_set())
             self._db.close()
@@ -207,6 +211,16 @@ class Worker:
             payload = seal_receipt(session[0], device_id, counters, counter=self._receipt_counter)
             receipts.append((receipt_topic(device_id), payload))
         self._client.publish_many(receipts)
+
+    def _seal(self) -> None:
+        """Seal the audit log between batches (one worker at a time, by advisory lock)."""
+        self._next_seal = time.monotonic() + SEAL_EVERY_S
+        try:
+            sealed = self._db.seal_audit(datetime.now(UTC))
+        except Unavailable:
+            return
+        if sealed:
+            log.info("bridge.audit_sealed", rows=sealed)
 
     def _maintain(self) -> None:
         self._next_maintenance = time.monotonic() + MAINTENANCE_EVERY_S

@@ -16,6 +16,7 @@ import structlog
 from broker_bridge.mqtt import BridgeClient, BrokerAddress
 from broker_bridge.worker import Worker, WorkerConfig
 from device_registry.postgres import PostgresDeviceSource
+from privacy.audit import AuditKeys
 from qnect.logs import configure
 from qnect.settings import Settings
 from telemetry.errors import Unavailable
@@ -46,7 +47,10 @@ def run_worker(options: BridgeOptions) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    database = Database(settings.database_url.get_secret_value())
+    # Workers also seal the audit log during maintenance (one at a time, by advisory lock).
+    database = Database(
+        settings.database_url.get_secret_value(), AuditKeys.from_root(settings.root_key())
+    )
     client = BridgeClient(
         BrokerAddress.parse(settings.mqtt_url), f"qnect-bridge-{options.index}", drain=options.drain
     )

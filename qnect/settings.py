@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crypto.keys import KekRing, parse_root_key
@@ -21,16 +21,28 @@ class Settings(BaseSettings):
 
     database_url: SecretStr  # may carry a password: never logged
     mqtt_url: str = "mqtt://127.0.0.1:1883"
-    root_key_file: Path
+    # The root key comes from exactly one provider: a 0600 file, or the environment (for
+    # secret managers that inject variables). A KMS provider would be a third branch.
+    root_key_file: Path | None = None
+    root_key_hex: SecretStr | None = Field(default=None, validation_alias="QNECT_ROOT_KEY")
     timescale: Literal["auto", "on", "off"] = "auto"
     epoch_grace_s: float = 300.0
 
+    @model_validator(mode="after")
+    def _one_root_key(self) -> Settings:
+        if (self.root_key_file is None) == (self.root_key_hex is None):
+            raise ValueError("set exactly one of QNECT_ROOT_KEY_FILE and QNECT_ROOT_KEY")
+        return self
+
     def root_key(self) -> bytes:
-        """Read and check the root key file (refuses placeholders and loose permissions)."""
-        mode = self.root_key_file.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise PermissionError(f"{self.root_key_file} must be readable by its owner only")
-        return parse_root_key(self.root_key_file.read_text())
+        """Load and check the root key (refuses placeholders and loose file permissions)."""
+        if self.root_key_hex is not None:
+            return parse_root_key(self.root_key_hex.get_secret_value())
+        path = self.root_key_file
+        assert path is not None  # noqa: S101 - the validator guarantees one provider
+        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise PermissionError(f"{path} must be readable by its owner only")
+        return parse_root_key(path.read_text())
 
     def kek_ring(self) -> KekRing:
         """Every KEK version, derived on demand (which one wraps is the database's to say)."""

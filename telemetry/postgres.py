@@ -20,6 +20,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from device_registry.sessions import SessionRecord
+from privacy.audit import AuditKeys
+from privacy.postgres_audit import seal_pending
 from privacy.retention import RetentionClass
 from telemetry.errors import StorageFailed, Unavailable
 from telemetry.pipeline import (
@@ -373,8 +375,10 @@ def _copy(
 class Database:
     """One worker's connection: opened lazily, dropped on failure, errors translated."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, audit_keys: AuditKeys | None = None) -> None:
+        """Connect lazily to *dsn*; with *audit_keys*, maintenance also seals the audit log."""
         self._dsn = dsn
+        self._audit_keys = audit_keys
         self.conn: psycopg.Connection[Any] | None = None
         self.store: TelemetryStore | None = None
 
@@ -432,6 +436,19 @@ class Database:
         except psycopg.Error as exc:
             self.close()
             raise Unavailable(type(exc).__name__) from exc
+
+    def seal_audit(self, now: datetime) -> int:
+        """Seal pending audit events (if this process holds audit keys); returns how many."""
+        if self._audit_keys is None:
+            return 0
+        self.open()
+        assert self.conn is not None  # noqa: S101 - open() connected
+        try:
+            seal = seal_pending(self.conn, self._audit_keys, now=now)
+        except psycopg.Error as exc:
+            self.close()
+            raise Unavailable(type(exc).__name__) from exc
+        return len(seal.seqs) if seal else 0
 
     def register_session(self, client_id: str) -> None:
         """Record that a bridge session with *client_id* exists at the broker."""

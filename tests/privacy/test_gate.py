@@ -7,6 +7,7 @@ and look at the tables directly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,9 @@ from psycopg import sql
 from broker_bridge.mqtt import BrokerAddress
 from crypto.keys import KeyClass, parse_root_key
 from device_registry.model import RegistryKeys, open_record
-from device_registry.postgres import load_records, provision
+from device_registry.postgres import load_records, provision, rotate_kek
 from device_registry.postgres_owners import assign_device
-from device_registry.views import ACCOUNT, DEVICES, HEALTH
+from device_registry.views import ACCOUNT, DEVICES, HEALTH, LOCATION, VIEWS
 from privacy.audit import subject_ref
 from privacy.errors import AccessDenied, AuditUnavailable
 from privacy.fields import undeclared
@@ -91,6 +92,7 @@ def world(
                 "app",
             )
         rights.consent(conn, DPO, subjects["alice"], "marketing", "grant", "app")
+        rights.consent(conn, DPO, subjects["carol"], "precise_location", "grant", "app")
         owners = {
             "scale1": "alice",
             "cleaner1": "alice",
@@ -150,6 +152,38 @@ def test_owner_reads_own_devices_and_health(world: World, db: psycopg.Connection
         20 <= float(str(r["value"])) <= 300 for r in health.rows if r["point"] == "weight_kg"
     )
     assert health.undecryptable == 0
+
+
+def test_positions_are_coarse_unless_precise_location_was_consented(
+    world: World, db: psycopg.Connection[Any]
+):
+    """Alice's cleaner positions are stored on a 2 m grid; carol consented to precise ones."""
+    gate = world.privacy.gate
+
+    def positions(name: str) -> list[float]:
+        sid = world.subjects[name]
+        rows = gate.read(db, world.owner(name), "provide_service", LOCATION, Scope([sid])).rows
+        return [float(str(r["value"])) for r in rows]
+
+    coarse, precise = positions("alice"), positions("carol")
+    assert len(coarse) == len(precise) == 20
+    assert all(v % 2 == 0 for v in coarse)
+    assert not all(v % 2 == 0 for v in precise)
+
+
+def test_an_unowned_scale_has_no_health_key(world: World, db: psycopg.Connection[Any]):
+    """Provisioning gives no health key: only an owner's explicit consent creates one."""
+    cred = provision(db, world.keys, "scale", 1)[0]
+    classes = {
+        r[0]
+        for r in db.execute(
+            "SELECT k.key_class FROM data_keys k JOIN devices d ON d.binding = k.owner "
+            "WHERE d.device_id = %s",
+            (cred.device_id,),
+        )
+    }
+    assert int(KeyClass.NETWORK) in classes
+    assert int(KeyClass.HEALTH) not in classes
 
 
 def test_marketing_without_consent_gets_nothing_and_a_deny_is_audited(
@@ -313,7 +347,7 @@ def test_export_contains_everything_and_who_read_it(world: World, db: psycopg.Co
     assert len(export["health_readings"]) == 40
     assert len(export["location_readings"]) == 20
     assert len(export["telemetry"]) == 10 * 2  # cleaner: battery and state
-    assert {c["key"] for c in export["consents"]} == {"health"}
+    assert {c["key"] for c in export["consents"]} == {"health", "precise_location"}
     readers = {(e["actor_id"], e["purpose"]) for e in export["reads_of_my_data"]}
     assert ("dpo-1", "legal_compliance") in readers
     assert "carol@example.net" not in str(export["reads_of_my_data"])
@@ -338,6 +372,30 @@ def test_health_withdrawal_shreds_health_data(world: World, db: psycopg.Connecti
         db, world.owner("carol"), "provide_service", HEALTH, Scope([carol])
     )
     assert readings.rows == []
+
+
+def test_kek_rotation_leaves_every_field_readable(world: World, db: psycopg.Connection[Any]):
+    """After rewrapping every data key under a new KEK, every view reads the same values."""
+    ids = list(world.subjects.values())
+    gate = world.privacy.gate
+
+    def everything() -> dict[str, list[dict[str, object]]]:
+        out = {}
+        for name, view in VIEWS.items():
+            result = gate.read(db, DPO, "legal_compliance", view, Scope(ids))
+            assert result.undecryptable == 0
+            out[name] = result.rows
+        return out
+
+    before = everything()
+    rotated = rotate_kek(db, world.privacy.ring, rand=os.urandom)
+    assert rotated.rewrapped > 0
+    assert db.execute(
+        "SELECT count(*) FROM data_keys WHERE wrapped IS NOT NULL "
+        "AND get_byte(wrapped, 1) * 256 + get_byte(wrapped, 2) <> %s",
+        (rotated.version,),
+    ).fetchone() == (0,)
+    assert everything() == before
 
 
 def test_erasure_leaves_nothing_readable(world: World, db: psycopg.Connection[Any]):

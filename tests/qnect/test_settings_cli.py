@@ -31,8 +31,29 @@ def test_settings_require_database_and_root_key(monkeypatch: pytest.MonkeyPatch)
     """No secret has a default: missing QNECT_DATABASE_URL or root key file is an error."""
     monkeypatch.delenv("QNECT_DATABASE_URL", raising=False)
     monkeypatch.delenv("QNECT_ROOT_KEY_FILE", raising=False)
+    monkeypatch.delenv("QNECT_ROOT_KEY", raising=False)
     with pytest.raises(pydantic.ValidationError):
         Settings()  # type: ignore[call-arg]
+
+
+def test_root_key_from_exactly_one_provider(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The root key comes from the file or QNECT_ROOT_KEY, never both, never neither."""
+    monkeypatch.setenv("QNECT_DATABASE_URL", "postgresql://x@127.0.0.1/none")
+    monkeypatch.delenv("QNECT_ROOT_KEY_FILE", raising=False)
+    key = tmp_path / "root.key"
+    create_root_key_file(key)
+    monkeypatch.setenv("QNECT_ROOT_KEY", key.read_text().strip())
+    assert Settings().root_key() == bytes.fromhex(key.read_text())  # type: ignore[call-arg]
+    monkeypatch.setenv("QNECT_ROOT_KEY_FILE", str(key))
+    with pytest.raises(pydantic.ValidationError, match="exactly one"):
+        Settings()  # type: ignore[call-arg]
+    monkeypatch.delenv("QNECT_ROOT_KEY_FILE")
+    monkeypatch.setenv("QNECT_ROOT_KEY", "ab" * 32)
+    with pytest.raises(InvalidKeyMaterial):
+        Settings().root_key()  # type: ignore[call-arg]
+    assert "ab" * 32 not in repr(Settings())  # type: ignore[call-arg]
 
 
 def test_root_key_placeholder_and_loose_permissions_refused(
