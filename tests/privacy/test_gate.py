@@ -444,6 +444,22 @@ def test_erasure_leaves_nothing_readable(world: World, db: psycopg.Connection[An
         assert record.binding not in bindings
 
 
+def test_a_restored_backup_is_erased_again(world: World, db: psycopg.Connection[Any]):
+    """A subject brought back by a backup restore is found by its tombstone and erased."""
+    alice = world.subjects["alice"]
+    row = db.execute("SELECT household_id FROM households LIMIT 1").fetchone()
+    assert row is not None
+    db.execute(
+        "INSERT INTO subjects (subject_id, household_id, email_enc) VALUES (%s, %s, %s)",
+        (alice, row[0], b"restored-ciphertext"),
+    )
+    assert world.privacy.rights.reapply_tombstones(db, DPO) == [alice]
+    assert db.execute(
+        "SELECT count(*) FROM subjects WHERE subject_id = %s", (alice,)
+    ).fetchone() == (0,)
+    assert world.privacy.rights.reapply_tombstones(db, DPO) == []
+
+
 def test_audit_trail_verifies_after_everything(world: World, db: psycopg.Connection[Any]):
     """All the reads and rights above left an intact, verifiable audit trail."""
     report = verify(db, world.privacy.audit_keys)
