@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import stamina
 import structlog
@@ -36,7 +36,7 @@ DRAIN_QUIET_S = 2.0  # a retired session is empty once the broker sent nothing f
 
 # Partitions are made two days ahead, so hourly would do; every 10 minutes is cheap.
 MAINTENANCE_EVERY_S = 600.0
-SEAL_EVERY_S = 30.0  # audit events wait at most this long (plus 2 s settling) for a seal
+SEAL_EVERY_S = 30.0  # audit seal and presence sweep cadence (events wait at most this + 2 s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,7 @@ class WorkerConfig:
     linger_s: float = 0.02  # waiting to fill a batch trades latency for fewer commits
     directory_ttl_ms: int = 2000
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    presence_stale: timedelta = timedelta(minutes=15)  # silent this long: swept offline
 
 
 class Worker:
@@ -213,14 +214,16 @@ class Worker:
         self._client.publish_many(receipts)
 
     def _seal(self) -> None:
-        """Seal the audit log between batches (one worker at a time, by advisory lock)."""
+        """Seal the audit log and sweep presence between batches (one worker at a time each)."""
         self._next_seal = time.monotonic() + SEAL_EVERY_S
+        now = datetime.now(UTC)
         try:
-            sealed = self._db.seal_audit(datetime.now(UTC))
+            sealed = self._db.seal_audit(now)
+            swept = self._db.sweep_presence(now, self._config.presence_stale)
         except Unavailable:
             return
-        if sealed:
-            log.info("bridge.audit_sealed", rows=sealed)
+        if sealed or swept:
+            log.info("bridge.periodic", audit_sealed=sealed, presence_swept=swept)
 
     def _maintain(self) -> None:
         self._next_maintenance = time.monotonic() + MAINTENANCE_EVERY_S

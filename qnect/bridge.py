@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -34,6 +35,7 @@ class BridgeOptions:
     index: int
     batch_max: int = 4000
     drain: bool = False  # a session of a retired worker: empty it, then end it
+    workers: int = 1  # how many share the subscription: each enforces 1/workers of a rate
 
 
 def run_worker(options: BridgeOptions) -> None:
@@ -56,7 +58,11 @@ def run_worker(options: BridgeOptions) -> None:
     )
     config = WorkerConfig(
         batch_max=options.batch_max,
-        pipeline=PipelineConfig(epoch_grace_ms=int(settings.epoch_grace_s * 1000)),
+        pipeline=PipelineConfig(
+            epoch_grace_ms=int(settings.epoch_grace_s * 1000),
+            rates=settings.rate_config().per_worker(options.workers),
+        ),
+        presence_stale=timedelta(seconds=settings.presence_stale_s),
     )
     worker = Worker(
         client, database, PostgresDeviceSource(lambda: database.conn), settings.kek_ring(), config
@@ -76,14 +82,15 @@ def run_worker(options: BridgeOptions) -> None:
 class _Supervisor:
     """Keeps worker processes (and drains of retired sessions) running."""
 
-    def __init__(self, batch_max: int) -> None:
+    def __init__(self, batch_max: int, workers: int) -> None:
         self._ctx = multiprocessing.get_context("spawn")
         self._batch_max = batch_max
+        self._workers = workers
         self.workers: dict[int, multiprocessing.process.BaseProcess] = {}
         self.drains: dict[int, multiprocessing.process.BaseProcess] = {}
 
     def spawn(self, index: int, *, drain: bool = False) -> None:
-        options = BridgeOptions(index, self._batch_max, drain=drain)
+        options = BridgeOptions(index, self._batch_max, drain=drain, workers=self._workers)
         proc = self._ctx.Process(target=run_worker, args=(options,), name=f"worker-{index}")
         proc.start()
         (self.drains if drain else self.workers)[index] = proc
@@ -115,7 +122,7 @@ def supervise(workers: int, stop: threading.Event, batch_max: int = 4000) -> Non
     Sessions of workers beyond *workers* left by a larger deployment are drained and ended,
     since the broker keeps routing their share of the shared subscription to them.
     """
-    supervisor = _Supervisor(batch_max)
+    supervisor = _Supervisor(batch_max, workers)
     for index in range(workers):
         supervisor.spawn(index)
     for index in _retired(workers):

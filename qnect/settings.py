@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crypto.keys import KekRing, parse_root_key
 from device_registry.model import RegistryKeys
+from telemetry.ratelimit import RateConfig
 
 
 class Settings(BaseSettings):
@@ -27,6 +28,13 @@ class Settings(BaseSettings):
     root_key_hex: SecretStr | None = Field(default=None, validation_alias="QNECT_ROOT_KEY")
     timescale: Literal["auto", "on", "off"] = "auto"
     epoch_grace_s: float = 300.0
+    # Per-device limits (telemetry.ratelimit): live frames, and frames stamped before the
+    # current connection (a buffer flushed after being offline).
+    rate_live_per_s: float = Field(default=50.0, gt=0)
+    rate_live_burst: float = Field(default=500.0, ge=1)
+    rate_backlog_per_s: float = Field(default=1_000.0, gt=0)
+    rate_backlog_burst: float = Field(default=50_000.0, ge=1)
+    presence_stale_s: float = Field(default=900.0, gt=0)  # no frame this long: swept offline
 
     @model_validator(mode="after")
     def _one_root_key(self) -> Settings:
@@ -43,6 +51,15 @@ class Settings(BaseSettings):
         if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise PermissionError(f"{path} must be readable by its owner only")
         return parse_root_key(path.read_text())
+
+    def rate_config(self) -> RateConfig:
+        """The per-device rate limits for the whole bridge (workers take a share each)."""
+        return RateConfig(
+            self.rate_live_per_s,
+            self.rate_live_burst,
+            self.rate_backlog_per_s,
+            self.rate_backlog_burst,
+        )
 
     def kek_ring(self) -> KekRing:
         """Every KEK version, derived on demand (which one wraps is the database's to say)."""

@@ -38,8 +38,17 @@ def device_stats(dsn: str, device_id: str) -> dict[str, object]:
                 (device_id,),
             )
         }
+        limited = {
+            str(detail).removeprefix("limit="): int(n)
+            for detail, n in conn.execute(
+                "SELECT detail, sum(occurrences) FROM quarantine "
+                "WHERE device_id = %s AND reason = 'rate_limited' GROUP BY detail ORDER BY detail",
+                (device_id,),
+            )
+        }
     return {
         "device_id": device_id,
         "accepted": int(accepted[0]) if accepted else 0,
         "rejected": rejected,
+        "rate_limited_by_limit": limited,
     }

@@ -58,6 +58,9 @@ MacMismatch = _reason("MacMismatch", "mac_mismatch", "Reported MAC differs from 
 KeyUnavailable = _reason(
     "KeyUnavailable", "key_unavailable", "A needed key is destroyed or cannot be opened."
 )
+RateLimited = _reason(
+    "RateLimited", "rate_limited", "The device exceeded its live rate or backlog allowance."
+)
 NoHealthConsent = _reason(
     "NoHealthConsent",
     "no_health_consent",

@@ -30,6 +30,7 @@ from device_registry.profiles import INFO, STATUS, DataPoint, ReportKind
 from privacy.retention import RetentionClass
 from telemetry import errors
 from telemetry.directory import Directory
+from telemetry.ratelimit import RateConfig, RateLimiter
 from telemetry.validate import Limits, Report, Value, validate
 
 log = structlog.get_logger("telemetry.pipeline")
@@ -61,6 +62,7 @@ class PipelineConfig:
 
     limits: Limits = field(default_factory=Limits)
     epoch_grace_ms: int = 300_000  # resends of a reconnecting device may use the old session
+    rates: RateConfig = field(default_factory=RateConfig)  # this worker's share (per_worker)
 
 
 @dataclass(slots=True)
@@ -180,6 +182,7 @@ class Pipeline:
         self.config = config
         self._rand = rand
         self._nonce = NonceSequence(rand)
+        self._rates = RateLimiter(config.rates)
 
     def process(self, batch: Sequence[Inbound], *, now_ms: int) -> Outcome:
         """Turn a batch of messages into accepted frames, rejects, key exchanges and wills."""
@@ -257,9 +260,18 @@ class Pipeline:
             window = self.directory.window(frame.device_id, frame.epoch)
             if window.check(frame.counter) is Freshness.SEEN:
                 outcome.duplicates_seen.append(frame)
-            else:
-                window.record(frame.counter)
-                outcome.accepted.append(frame)
+                return
+            # After the duplicate check (a redelivery costs no token) and before the window
+            # records the counter, so a rate-limited frame can be resent later and accepted.
+            since = device.current_since
+            backlog = since is not None and frame.ts_ms < since.timestamp() * 1000
+            limit = self._rates.allow(
+                frame.device_id, backlog=backlog, now_ms=now_ms, stamp_ms=frame.ts_ms
+            )
+            if limit is not None:
+                raise errors.RateLimited(f"limit={limit.value}")
+            window.record(frame.counter)
+            outcome.accepted.append(frame)
 
     def _key_exchange(
         self, item: _Parsed, msg: Inbound, device: DeviceContext, now_ms: int

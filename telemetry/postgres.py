@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -437,6 +437,22 @@ class Database:
             self.close()
             raise Unavailable(type(exc).__name__) from exc
 
+    def sweep_presence(self, now: datetime, stale_after: timedelta) -> int:
+        """Mark silent devices offline (unless another worker is sweeping); returns how many."""
+        self.open()
+        conn = self.conn
+        assert conn is not None  # noqa: S101 - open() connected
+        try:
+            with conn.transaction():
+                row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_SWEEP_LOCK,))
+                locked = row.fetchone()
+                if not locked or not locked[0]:
+                    return 0
+                return conn.execute(_SWEEP, {"now": now, "cutoff": now - stale_after}).rowcount
+        except psycopg.Error as exc:
+            self.close()
+            raise Unavailable(type(exc).__name__) from exc
+
     def seal_audit(self, now: datetime) -> int:
         """Seal pending audit events (if this process holds audit keys); returns how many."""
         if self._audit_keys is None:
@@ -482,3 +498,18 @@ class Database:
 
 
 _MAINTENANCE_LOCK = 0x716E6563  # advisory lock id: one worker at a time does maintenance
+_SWEEP_LOCK = 0x716E7377  # and one at a time sweeps presence
+
+# Devices marked online whose last accepted frame is older than the cutoff go offline: the
+# broker's last will covers a dropped connection, this covers a will that never came (broker
+# restarted without its sessions, a will refused). Same epoch, later "since": a fresh report
+# of the same session still wins over the sweep, an older one does not.
+_SWEEP = """
+WITH stale AS (
+    UPDATE device_state SET online = false, since = %(now)s
+    WHERE online AND last_seen < %(cutoff)s
+    RETURNING device_id, presence_epoch
+)
+INSERT INTO presence_events (ts, device_id, epoch, online, source)
+SELECT %(now)s, device_id, coalesce(presence_epoch, 0), false, 'sweep' FROM stale
+"""

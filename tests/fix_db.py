@@ -92,5 +92,13 @@ def timescale_dsn() -> Iterator[str]:
         if not timescale_available(conn):
             pytest.skip("timescaledb extension not installed on this server")
     dsn = create_database("on")
+    # TimescaleDB's scheduler would run the retention and compression policies at times of
+    # its choosing, racing the tests' own maintenance calls (DuplicateObject on a chunk it is
+    # compressing). The policies stay installed; the application runs maintenance itself.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs "
+            "WHERE job_id >= 1000"
+        )
     yield dsn
     drop_database(dsn)
