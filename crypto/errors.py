@@ -29,3 +29,45 @@ class UnsupportedVersion(CryptoError):
 
 class InvalidKeyMaterial(CryptoError):
     """Key material has the wrong length or format (a root key file, a wrapped key)."""
+
+
+class TokenError(CryptoError):
+    """An MQTT password token was refused; ``reason`` names why, for logs and counters.
+
+    The message and attributes never carry the token itself.
+    """
+
+    reason = "token_invalid"
+
+    def __init__(self) -> None:
+        super().__init__(self.reason)
+
+
+class MalformedToken(TokenError):
+    """The password is not shaped like a ``q1`` token (wrong prefix, fields or length)."""
+
+    reason = "token_malformed"
+
+
+class TokenExpired(TokenError):
+    """The token's expiry lies further in the past than the clock-skew window allows."""
+
+    reason = "token_expired"
+
+
+class TokenTooFarAhead(TokenError):
+    """The token expires later than the longest lifetime allowed (plus skew) from now."""
+
+    reason = "token_too_far_ahead"
+
+
+class TokenMacMismatch(TokenError):
+    """The token's MAC does not verify for this device under the key version it names."""
+
+    reason = "token_bad_mac"
+
+
+class UnknownKeyVersion(TokenError):
+    """The token names a device root-key version the server holds no key for."""
+
+    reason = "token_unknown_key_version"
