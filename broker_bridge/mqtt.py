@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import random
 import socket
+import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
-from urllib.parse import urlparse
+from dataclasses import dataclass, field, replace
+from urllib.parse import parse_qs, urlparse
 
 import mqtt5
 import structlog
@@ -46,15 +47,40 @@ class BrokerAddress:
     host: str
     port: int
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca_file: str | None = None  # trust anchor for TLS; the system store when unset
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
-        """Parse ``mqtt://[user:pass@]host:port``."""
+        """Parse ``mqtt://[user:pass@]host:port`` or ``mqtts://…[?ca_file=/path/ca.pem]``."""
         parts = urlparse(url)
-        if parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
-            raise ValueError("MQTT URL must look like mqtt://host:port")
-        return cls(parts.hostname, parts.port or 1883, parts.username, parts.password)
+        if parts.scheme not in {"mqtt", "tcp", "mqtts", "ssl"} or not parts.hostname:
+            raise ValueError("MQTT URL must look like mqtt://host:port or mqtts://host:port")
+        tls = parts.scheme in {"mqtts", "ssl"}
+        ca = parse_qs(parts.query).get("ca_file", [None])[0]
+        port = parts.port or (8883 if tls else 1883)
+        return cls(parts.hostname, port, parts.username, parts.password, tls, ca)
+
+    def with_login(self, username: str, password: str) -> BrokerAddress:
+        """The same broker with credentials, unless the URL already carries some."""
+        if self.username is not None:
+            return self
+        return replace(self, username=username, password=password)
+
+
+def open_socket(address: BrokerAddress, *, timeout: float) -> socket.socket:
+    """A connected TCP (or TLS, verifying the broker's certificate) socket to *address*."""
+    sock = socket.create_connection((address.host, address.port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if not address.tls:
+        return sock
+    context = ssl.create_default_context(cafile=address.ca_file)
+    try:
+        return context.wrap_socket(sock, server_hostname=address.host)
+    except (ssl.SSLError, OSError):
+        sock.close()
+        raise
 
 
 class BridgeClient:
@@ -175,10 +201,7 @@ class BridgeClient:
             delay = min(delay * 2, RECONNECT_MAX_S)
 
     def _session(self) -> None:
-        sock = socket.create_connection(
-            (self._address.host, self._address.port), timeout=CONNECT_TIMEOUT_S
-        )
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = open_socket(self._address, timeout=CONNECT_TIMEOUT_S)
         sock.settimeout(KEEPALIVE_S / 3)  # wake up to send keep-alive pings
         with self._ready:
             self._generation += 1

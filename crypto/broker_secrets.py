@@ -49,3 +49,24 @@ def device_password(root_key: bytes, device_id: str, version: int = 1) -> str:
     return _derive(
         root_key, b"qnect/broker/device/v1" + lp(device_id.encode()) + version.to_bytes(4, "big")
     )
+
+
+class BrokerSecrets:
+    """The root key's broker passwords, as one object to hand to the registry."""
+
+    __slots__ = ("_root",)
+
+    def __init__(self, root_key: bytes) -> None:
+        self._root = root_key
+
+    def __repr__(self) -> str:
+        """Never show the key."""
+        return "BrokerSecrets(<redacted>)"
+
+    def service(self, name: str) -> str:
+        """Password of a service identity."""
+        return service_password(self._root, name)
+
+    def device(self, device_id: str, version: int = 1) -> str:
+        """Password of a device at credential *version*."""
+        return device_password(self._root, device_id, version)

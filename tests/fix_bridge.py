@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from qnect.bridge import worker_pids
-from tests.fix_mqtt import Broker
+from tests.fix_mqtt import Broker, SecureBroker
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,11 +85,7 @@ def bridge_env(db_dsn: str, broker: Broker, root_key_file: Path, **extra: str) -
     return env
 
 
-@pytest.fixture
-def bridge_factory(
-    db_dsn: str, broker: Broker, root_key_file: Path, tmp_path: Path
-) -> Iterator[type[Bridge] | object]:
-    """Make bridges against the module's database and broker; stops them at the end."""
+def _factory(db_dsn: str, broker: Broker, root_key_file: Path, tmp_path: Path) -> Iterator[Any]:
     made: list[Bridge] = []
 
     def make(workers: int = 1, **extra: str) -> Bridge:
@@ -104,6 +100,22 @@ def bridge_factory(
     for b in made:
         if b.proc is not None:
             b.stop()
+
+
+@pytest.fixture
+def bridge_factory(
+    db_dsn: str, broker: Broker, root_key_file: Path, tmp_path: Path
+) -> Iterator[type[Bridge] | object]:
+    """Make bridges against the module's database and open broker; stops them at the end."""
+    yield from _factory(db_dsn, broker, root_key_file, tmp_path)
+
+
+@pytest.fixture
+def secure_bridge_factory(
+    db_dsn: str, secure_broker: SecureBroker, root_key_file: Path, tmp_path: Path
+) -> Iterator[type[Bridge] | object]:
+    """Make bridges against the module's secure broker (they log in as ``bridge``)."""
+    yield from _factory(db_dsn, secure_broker, root_key_file, tmp_path)
 
 
 def count(dsn: str, query: str) -> int:
