@@ -164,6 +164,20 @@ def decode_kx_request(k_kx: bytes, device_id: str, data: bytes) -> KxRequest:
     return KxRequest(drk_version, ts_ms, cid, nonce, body)
 
 
+def kx_request_version(data: bytes) -> int:
+    """The root-key version a key-exchange request names, read before it is authenticated.
+
+    The server picks the key to authenticate the request with by it (current or offered).
+
+    Raises:
+        MalformedFrame: wrong length.
+    """
+    if len(data) != _KX_REQ.size + MAC_BYTES:
+        raise MalformedFrame("key-exchange request has the wrong length")
+    version: int = _KX_REQ.unpack_from(data)[2]
+    return version
+
+
 def encode_kx_response(
     k_kx: bytes, device_id: str, request: KxRequest, *, epoch: int, server_nonce: bytes
 ) -> bytes:

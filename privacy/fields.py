@@ -67,6 +67,18 @@ REGISTRY: dict[str, dict[str, FieldSpec]] = {
         "mac_bidx": FieldSpec((C.DEVICE_IDENTIFIER,)),  # truncated keyed hash, a lookup aid
         "current_epoch": _sys(),
         "created_at": _sys(),
+        **{  # root-key rotation (0007): versions, wrapped keys and times, no personal data
+            f"drk_{k}": _sys()
+            for k in (
+                "next_version",
+                "next_wrapped",
+                "next_offered_at",
+                "prev_version",
+                "prev_wrapped",
+                "prev_until",
+                "rotated_at",
+            )
+        },
     },
     "data_keys": {
         k: _sys() for k in ("owner", "key_class", "version", "state", "wrapped", "created_at")
