@@ -70,8 +70,13 @@ def service_acls(name: str) -> list[dict[str, object]]:
             _acl("publishClientReceive", "devices/+/up/#"),
             _acl("publishClientSend", "devices/+/down/#"),
         ]
-    if name == LOADGEN:
-        return [_acl("publishClientSend", "devices/+/up/#")]
+    if name == LOADGEN:  # publishes as any device; its own bench/ topics for the ceilings
+        return [
+            _acl("publishClientSend", "devices/+/up/#"),
+            _acl("publishClientSend", "bench/#"),
+            _acl("subscribePattern", "bench/#"),
+            _acl("publishClientReceive", "bench/#"),
+        ]
     raise ValueError("unknown service identity")
 
 

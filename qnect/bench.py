@@ -42,7 +42,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from psycopg import sql
 
+from broker_bridge.dynsec import BRIDGE, LOADGEN, create_device, create_service, set_default_access
 from broker_bridge.mqtt import BrokerAddress
+from broker_bridge.mqtt_admin import DynsecAdmin
+from crypto.broker_secrets import BrokerSecrets
 from crypto.keys import parse_root_key
 from device_registry.model import RegistryKeys
 from device_registry.postgres import provision
@@ -90,6 +93,7 @@ class Env:
     broker: subprocess.Popen[bytes]
     url: str
     root_key_file: Path
+    loadgen_url: str  # the benchmark's own identity: publishes as any device, bench/ topics
     creds: list[dict[str, Any]] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
@@ -124,11 +128,25 @@ def scratch(admin_dsn: str, options: BenchOptions, say: Progress) -> Iterator[En
         key = Path(tmp) / "root.key"
         create_root_key_file(key)
         port = local_broker.free_port()
-        broker = local_broker.start_mosquitto(Path(tmp) / "mosquitto", port)
+        secrets_ = BrokerSecrets(parse_root_key(key.read_text()))
+        # The deploy configuration: dynamic security, so ACL checks are part of every figure.
+        broker = local_broker.start_mosquitto(
+            Path(tmp) / "mosquitto", port, admin_password=secrets_.service("admin")
+        )
         try:
+            address = BrokerAddress("127.0.0.1", port)
+            with DynsecAdmin(address, secrets_.service("admin")) as admin:
+                admin.run(
+                    [
+                        set_default_access(),
+                        *create_service(BRIDGE, secrets_.service(BRIDGE)),
+                        *create_service(LOADGEN, secrets_.service(LOADGEN)),
+                    ]
+                )
             migrate(dsn, timescale=options.timescale)
-            say(f"scratch database {name}, mosquitto on 127.0.0.1:{port}")
-            yield Env(dsn, broker, f"mqtt://127.0.0.1:{port}", key)
+            say(f"scratch database {name}, mosquitto (dynamic security) on 127.0.0.1:{port}")
+            loadgen = f"mqtt://{LOADGEN}:{secrets_.service(LOADGEN)}@127.0.0.1:{port}"
+            yield Env(dsn, broker, f"mqtt://127.0.0.1:{port}", key, loadgen)
         finally:
             broker.terminate()
             broker.wait(10)
@@ -147,6 +165,11 @@ def _provision(env: Env, options: BenchOptions, say: Progress) -> None:
         # Scale readings are stored only under an owner's explicit health consent.
         scales = [str(c["device_id"]) for c in env.creds if c["model"] == "scale"]
         adopt(conn, build(parse_root_key(env.root_key_file.read_text())), scales, email="b@x.test")
+        # Only devices that connect need a broker identity; the idle ones stay in the registry.
+        with DynsecAdmin(BrokerAddress.parse(env.url), keys.broker.service("admin")) as admin:
+            admin.run(
+                [c for d in env.creds for c in create_device(d["device_id"], d["mqtt_password"])]
+            )
         extra = options.provisioned
         while extra > 0:
             provision(conn, keys, "plug", min(extra, 5000))
@@ -166,6 +189,8 @@ def _client(client_id: str, url: str, *, clean: bool, manual_ack: bool = False) 
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 3600
     props.ReceiveMaximum = 4000
+    if address.username is not None:
+        client.username_pw_set(address.username, address.password)
     client.connect(address.host, address.port, clean_start=clean, properties=props)
     return client
 
@@ -187,7 +212,11 @@ class FastPublisher:
         # (an idle publisher is normal while a phase prepares its frames).
         self._sock.settimeout(None)
         client_id = f"bench-pub-{secrets.token_hex(3)}"
-        self._sock.sendall(mqtt5.ConnectPacket(client_id, clean_start=True).write())
+        password = address.password.encode() if address.password else None
+        connect = mqtt5.ConnectPacket(
+            client_id, username=address.username, password=password, clean_start=True
+        )
+        self._sock.sendall(connect.write())
         self._acked = 0
         self._sent = 0
         self._packet_id = 0
@@ -195,7 +224,7 @@ class FastPublisher:
         self._connected = threading.Event()
         threading.Thread(target=self._read, daemon=True, name="bench-pub").start()
         if not self._connected.wait(10):
-            raise TimeoutError("no CONNACK")
+            raise TimeoutError("no successful CONNACK (refused login?)")
 
     def _read(self) -> None:
         buffer = bytearray()
@@ -210,7 +239,10 @@ class FastPublisher:
                         break
                     offset += size
                     acked += isinstance(packet, mqtt5.PubAckPacket)
-                    if isinstance(packet, mqtt5.ConnAckPacket):
+                    if (
+                        isinstance(packet, mqtt5.ConnAckPacket)
+                        and packet.reason_code == mqtt5.ConnAckReasonCode.SUCCESS
+                    ):
                         self._connected.set()
             del buffer[:offset]
             if acked:
@@ -370,7 +402,7 @@ def pipeline_phase(
 ) -> dict[str, Any]:
     """Backlog of N sealed frames while the workers are down, then time the drain."""
     frames = _seal(fleet, options.messages)
-    pub_s = publish_all(env.url, [(f.topic, f.payload) for f in frames])
+    pub_s = publish_all(env.loadgen_url, [(f.topic, f.payload) for f in frames])
     say(f"published {len(frames)} frames in {pub_s:.1f} s while the bridge was down")
     before = _scalar(env.dsn, "SELECT count(*) FROM frames")
     bridge = Bridge(env, options.workers)
@@ -405,8 +437,10 @@ def pipeline_phase(
 
 def broker_pipe_phase(env: Env, frames: list[Frame]) -> float:
     """Drain rate of a counting-only paho subscriber, same frames, same broker."""
-    drainer = Drainer(env.url, "bench/pipe/#", lambda _m: None)
-    publish_all(env.url, [(f"bench/pipe/{i % 64}", f.payload) for i, f in enumerate(frames)])
+    drainer = Drainer(env.loadgen_url, "bench/pipe/#", lambda _m: None)
+    publish_all(
+        env.loadgen_url, [(f"bench/pipe/{i % 64}", f.payload) for i, f in enumerate(frames)]
+    )
     return len(frames) / drainer.drain(len(frames))
 
 
@@ -420,8 +454,10 @@ def naive_phase(env: Env, frames: list[Frame]) -> float:
             "INSERT INTO naive_frames VALUES (%s, %s, now())", (msg.topic, bytes(msg.payload))
         )
 
-    drainer = Drainer(env.url, "bench/naive/#", insert)
-    publish_all(env.url, [(f"bench/naive/{i % 64}", f.payload) for i, f in enumerate(frames)])
+    drainer = Drainer(env.loadgen_url, "bench/naive/#", insert)
+    publish_all(
+        env.loadgen_url, [(f"bench/naive/{i % 64}", f.payload) for i, f in enumerate(frames)]
+    )
     try:
         return len(frames) / drainer.drain(len(frames))
     finally:
@@ -471,7 +507,7 @@ def latency_phase(
     warmup = int(rate * WARMUP_S)
     frames = _seal(fleet, warmup + int(rate * options.latency_s))
     bridge = Bridge(env, options.workers)
-    publisher = FastPublisher(env.url)
+    publisher = FastPublisher(env.loadgen_url)
     before = _scalar(env.dsn, "SELECT count(*) FROM frames")
     try:
         _wait(lambda: len(bridge.worker_pids()) >= options.workers, 30, "workers")

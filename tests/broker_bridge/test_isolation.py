@@ -22,9 +22,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from broker_bridge.dynsec import LOADGEN
 from broker_bridge.mqtt import BrokerAddress
+from crypto import device_keys
 from qnect.local_tls import ensure_local_tls
 from qnect.simulator import SimDevice, Tally, run_fleet
 from tests.broker_bridge.stream import fleet
+from tests.broker_bridge.test_presence import drop_connection, state, wait_state
 from tests.fix_bridge import bridge_env, qnect, qnect_json
 from tests.fix_mqtt import SecureBroker
 
@@ -315,3 +317,57 @@ def test_simulated_fleet_streams_over_tls_with_its_own_credentials(
         ).fetchone()
     assert row is not None
     assert row[0] >= 20 * len(made)
+
+
+def test_presence_survives_100_rapid_reconnects_with_late_wills(
+    db_dsn: str, root_key_file: Path, secure_broker: SecureBroker, secure_bridge_factory: Any
+) -> None:
+    """Presence stays right through 100 reconnects with late wills.
+
+    A third of the connections are cut, so the broker fires their wills; then every old
+    connection's will is delivered again, late and shuffled. Presence stays online at the
+    newest session; cutting that one finally says offline.
+    """
+    cred = fleet(db_dsn, root_key_file, 1)[3]
+    secure_broker.push([cred])
+    secure_bridge_factory(workers=2)  # two workers: wills and key exchanges race each other
+    rng = random.Random(5)
+    sim = device(cred, secure_broker, seed=5)
+    root = bytes.fromhex(cred["root_key"])
+    wills: list[bytes] = []
+    for i in range(100):
+        wills.append(_will_frame(sim, root))
+        if i % 3 == 0:
+            drop_connection(sim)  # the broker publishes this connection's will now
+            sim.connect()
+        else:
+            sim.reconnect()  # clean DISCONNECT: no will from the broker
+    newest = sim.epoch
+    wait_state(db_dsn, sim.device_id, (True, newest))
+    rng.shuffle(wills)
+    for frame in wills:  # late: every one belongs to an older session
+        sim.publish(sim.topic("status"), frame)
+    time.sleep(3)
+    assert state(db_dsn, sim.device_id) == (True, newest)
+    with psycopg.connect(db_dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM presence_events WHERE device_id = %s AND NOT online",
+            (sim.device_id,),
+        ).fetchone()
+    assert row is not None
+    assert row[0] >= 34  # the wills of the cut connections were seen, and kept as events
+    drop_connection(sim)
+    wait_state(db_dsn, sim.device_id, (False, newest))
+
+
+def _will_frame(sim: SimDevice, root: bytes) -> bytes:
+    """The sealed last will of *sim*'s current connection (what the broker holds for it)."""
+    return device_keys.seal_frame(
+        device_keys.will_keys(root, sim.device_id),
+        epoch=0,
+        counter=sim._cid,
+        plaintext=msgpack.packb({"t": int(time.time() * 1000), "d": {"online": False}}),
+        device_id=sim.device_id,
+        topic=sim.topic("status"),
+        flags=device_keys.Flags.WILL,
+    )
