@@ -6,9 +6,11 @@ security and a TLS listener whose certificates the fixture generates) and real b
 
 from __future__ import annotations
 
+import getpass
 import random
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,14 +22,18 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker_bridge.dynsec import LOADGEN
+from broker_bridge.dynsec import LOADGEN, create_device, set_default_access
 from broker_bridge.mqtt import BrokerAddress
+from broker_bridge.mqtt_admin import DynsecAdmin
 from crypto import device_keys
+from crypto.broker_secrets import BrokerSecrets
+from crypto.keys import parse_root_key
+from qnect.local_broker import dynsec_plugin, free_port, init_dynsec_file
 from qnect.local_tls import ensure_local_tls
 from qnect.simulator import SimDevice, Tally, run_fleet
 from tests.broker_bridge.stream import fleet
 from tests.broker_bridge.test_presence import drop_connection, state, wait_state
-from tests.fix_bridge import bridge_env, qnect, qnect_json
+from tests.fix_bridge import REPO, bridge_env, qnect, qnect_json
 from tests.fix_mqtt import SecureBroker
 
 NOT_AUTHORIZED = 135
@@ -371,3 +377,53 @@ def _will_frame(sim: SimDevice, root: bytes) -> bytes:
         topic=sim.topic("status"),
         flags=device_keys.Flags.WILL,
     )
+
+
+def test_shipped_production_config_starts_and_serves_devices_over_tls(
+    tmp_path: Path, root_key_file: Path, db_dsn: str
+) -> None:
+    """`mosquitto -c deploy/mosquitto/mosquitto.conf` (paths and ports moved into tmp) works."""
+    text = (REPO / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
+    tls = ensure_local_tls(tmp_path / "certs")
+    port, tls_port = free_port(), free_port()
+    replaced = {
+        "listener 1883 127.0.0.1": f"listener {port} 127.0.0.1",
+        "listener 8883": f"listener {tls_port} 127.0.0.1",
+        "/etc/mosquitto/certs/server.crt": str(tls.cert),
+        "/etc/mosquitto/certs/server.key": str(tls.key),
+        "/etc/mosquitto/certs/ca.crt": str(tls.ca),
+        "/var/lib/mosquitto/": f"{tmp_path}/",
+        "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so": dynsec_plugin(),
+        "log_dest syslog": f"log_dest file {tmp_path}/mosquitto.log",
+    }
+    for old, new in replaced.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"user {getpass.getuser()}\n" + text)
+    secrets = BrokerSecrets(parse_root_key(root_key_file.read_text()))
+    init_dynsec_file(tmp_path / "dynsec.json", secrets.service("admin"))
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "mosquitto.log").read_text()
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        cred = fleet(db_dsn, root_key_file, 1)[4]
+        with DynsecAdmin(BrokerAddress("127.0.0.1", port), secrets.service("admin")) as admin:
+            admin.run(
+                [set_default_access(), *create_device(cred["device_id"], cred["mqtt_password"])]
+            )
+        address = BrokerAddress("127.0.0.1", tls_port, tls=True, ca_file=str(tls.ca))
+        raw = Raw(address, cred["device_id"], cred["device_id"], cred["mqtt_password"])
+        assert raw.connack == 0
+        assert raw.subscribe(f"devices/{cred['device_id']}/down/#") == 1
+        raw.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
