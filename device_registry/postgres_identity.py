@@ -41,14 +41,16 @@ def broker_identities(
 
 
 def revoke_device(conn: psycopg.Connection[Any], device_id: str) -> bool:
-    """Revoke *device_id*: refuse its frames and destroy its wrapped root key (in one commit).
+    """Revoke *device_id*: refuse its frames and destroy its wrapped root keys (in one commit).
 
     Returns whether the device existed and was active. Its data stays (and stays readable:
     data keys belong to the owner's binding, not to the device).
     """
     with conn.transaction():
         row = conn.execute(
-            "UPDATE devices SET status = 'revoked', root_key_wrapped = NULL "
+            "UPDATE devices SET status = 'revoked', root_key_wrapped = NULL, "
+            # Every other version goes too: a pending next key and a decrypt-only previous one.
+            "drk_next_version = NULL, drk_next_wrapped = NULL, drk_prev_wrapped = NULL "
             "WHERE device_id = %s AND status = 'active' RETURNING device_id",
             (device_id,),
         ).fetchone()

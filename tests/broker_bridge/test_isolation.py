@@ -242,7 +242,8 @@ def test_revoked_device_is_disconnected_refused_and_its_frames_rejected(
 
     with psycopg.connect(db_dsn) as conn:
         row = conn.execute(
-            "SELECT status, root_key_wrapped IS NULL FROM devices WHERE device_id = %s",
+            "SELECT status, root_key_wrapped IS NULL AND drk_next_wrapped IS NULL "
+            "AND drk_prev_wrapped IS NULL FROM devices WHERE device_id = %s",
             (cred["device_id"],),
         ).fetchone()
     assert row == ("revoked", True)
