@@ -24,6 +24,7 @@ from privacy.postgres_audit import seal_pending
 from privacy.postgres_audit import verify as verify_audit
 from qnect import bench, local_broker, simulator
 from qnect.bridge import supervise
+from qnect.cli_auth import auth_hook
 from qnect.cli_privacy import privacy_app, subject_app
 from qnect.logs import configure
 from qnect.migrate import layout, migrate
@@ -43,6 +44,7 @@ audit_app = typer.Typer(help="Audit log: seal and verify.", no_args_is_help=True
 app.add_typer(audit_app, name="audit")
 app.add_typer(subject_app, name="subject")
 app.add_typer(privacy_app, name="privacy")
+app.command("auth-hook")(auth_hook)
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/qnect"
 LOCAL_DIR = Path("var")
