@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.errors import MalformedRequest
 from device_registry.errors import RegistryUnavailable
+from device_registry.pairing import PairingRefused
 
 log = structlog.get_logger("api.app")
 
@@ -44,6 +45,7 @@ ERRORS: Mapping[type[Exception], Problem] = {
     MalformedRequest: Problem(400, "malformed-request", "The request body is not well-formed"),
     RequestValidationError: Problem(422, "invalid-request", "The request failed validation"),
     RegistryUnavailable: Problem(503, "unavailable", "The device registry is unavailable"),
+    PairingRefused: Problem(403, "pairing-refused", "Activation refused"),
 }
 _INTERNAL = Problem(500, "internal", "Internal error")
 
@@ -66,9 +68,11 @@ def _handler(problem: Problem) -> Callable[[Request, Exception], JSONResponse]:
         log.info(
             "api.problem", path=request.url.path, status=problem.status, error=type(exc).__name__
         )
-        detail = None
+        detail: object = None
         if isinstance(exc, RequestValidationError):  # where and what, never the input
             detail = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        elif isinstance(exc, PairingRefused):  # a stable reason code, never the token
+            detail = {"reason": exc.reason.value}
         return problem_response(problem, detail)
 
     return handle

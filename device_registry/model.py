@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import NewType
 
 from crypto.blind_index import MAC_INDEX_BITS, BlindIndex, derive_index
+from crypto.broker_secrets import BrokerSecrets
 from crypto.device_keys import kx_key
 from crypto.envelope import DataKey, FieldCipher, FieldContext, data_key_context
 from crypto.keys import KekRing, KeyClass
@@ -97,10 +98,11 @@ MAC_INDEX_NAME = ("devices", "mac_enc", "mac_bidx")  # (table, column, index) of
 
 @dataclass(frozen=True, slots=True)
 class RegistryKeys:
-    """The keys the registry works with: KEKs for wrapped keys, and the MAC blind index."""
+    """The keys the registry works with: KEKs, the MAC blind index, broker passwords."""
 
     ring: KekRing
     mac_index: BlindIndex
+    broker: BrokerSecrets
 
     @classmethod
     def from_root_key(cls, root_key: bytes, *, mac_bits: int = MAC_INDEX_BITS) -> RegistryKeys:
@@ -110,7 +112,7 @@ class RegistryKeys:
             InvalidKeyMaterial: the root key is not 32 bytes.
         """
         index = derive_index(root_key, *MAC_INDEX_NAME, bits=mac_bits)
-        return cls(KekRing(root_key), index)
+        return cls(KekRing(root_key), index, BrokerSecrets(root_key))
 
 
 def _open_data_key(record: DeviceRecord, dk: WrappedDataKey, ring: KekRing) -> FieldCipher:

@@ -61,6 +61,7 @@ class Credentials:
     drk_version: int
     root_key: bytes = field(repr=False)
     mac: str = field(repr=False)
+    mqtt_password: str = field(repr=False)  # for brokers with static passwords (dynsec)
 
     def to_json(self) -> dict[str, object]:
         """Serialise for the credentials file."""
@@ -70,6 +71,7 @@ class Credentials:
             "drk_version": self.drk_version,
             "root_key": self.root_key.hex(),
             "mac": self.mac,
+            "mqtt_password": self.mqtt_password,
         }
 
 
@@ -162,7 +164,7 @@ def _new_devices(
         mac_enc = FieldCipher(network).seal(mac.encode(), REGISTRY_MAC_CONTEXT, nonce=rand(12))
         bidx = mac_value(keys.mac_index, mac)
         devices.append((device_id, model, binding, wrapped_root, mac_enc, bidx))
-        creds.append(Credentials(device_id, model, 1, root, mac))
+        creds.append(Credentials(device_id, model, 1, root, mac, keys.broker.device(device_id)))
     return creds, devices, data_keys
 
 

@@ -55,3 +55,13 @@ def revoke_device(conn: psycopg.Connection[Any], device_id: str) -> bool:
             (device_id,),
         ).fetchone()
     return row is not None
+
+
+def database_ready(dsn: str) -> bool:
+    """Whether the registry's database answers a query within 2 s."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True

@@ -24,6 +24,7 @@ import structlog
 from crypto.keys import KEY_BYTES, KekRing
 from crypto.pairing import check_proof, is_token, new_token, token_hash
 from crypto.rekey import MAX_DRK_VERSION
+from device_registry.errors import RegistryUnavailable
 from device_registry.model import DeviceStatus, root_key_context
 from device_registry.pairing import (
     MAX_TOKEN_TTL_S,
@@ -196,3 +197,42 @@ def _stage_operational_key(
         (wrapped, device_id, version),
     ).fetchone()
     return row is not None
+
+
+class PostgresActivator:
+    """``activate`` over a fresh connection per call (activations are rare; no pool needed)."""
+
+    def __init__(self, dsn: str, ring: KekRing) -> None:
+        self._dsn = dsn
+        self._ring = ring
+
+    def activate(
+        self,
+        *,
+        device_id: str,
+        token: str,
+        household_id: str,
+        ts_ms: int,
+        proof: bytes,
+        now: datetime,
+    ) -> Activation:
+        """Redeem the token for the device.
+
+        Raises:
+            PairingRefused: with the reason.
+            RegistryUnavailable: the database cannot be reached.
+        """
+        try:
+            with psycopg.connect(self._dsn, autocommit=True) as conn:
+                return activate(
+                    conn,
+                    self._ring,
+                    device_id=device_id,
+                    token=token,
+                    household_id=household_id,
+                    ts_ms=ts_ms,
+                    proof=proof,
+                    now=now,
+                )
+        except psycopg.OperationalError as exc:
+            raise RegistryUnavailable(type(exc).__name__) from exc

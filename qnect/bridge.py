@@ -14,7 +14,7 @@ from types import FrameType
 import stamina
 import structlog
 
-from broker_bridge.mqtt import BridgeClient, BrokerAddress
+from broker_bridge.mqtt import BridgeClient
 from broker_bridge.worker import Worker, WorkerConfig
 from device_registry.postgres import PostgresDeviceSource
 from privacy.audit import AuditKeys
@@ -54,7 +54,7 @@ def run_worker(options: BridgeOptions) -> None:
         settings.database_url.get_secret_value(), AuditKeys.from_root(settings.root_key())
     )
     client = BridgeClient(
-        BrokerAddress.parse(settings.mqtt_url), f"qnect-bridge-{options.index}", drain=options.drain
+        settings.bridge_address(), f"qnect-bridge-{options.index}", drain=options.drain
     )
     config = WorkerConfig(
         batch_max=options.batch_max,

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ import psycopg
 import typer
 from rich.progress import Progress
 
+from broker_bridge.errors import BrokerAdminError
 from broker_bridge.mqtt import BrokerAddress
 from crypto.errors import CryptoError
 from device_registry.postgres import find_by_mac, provision, rotate_kek
@@ -22,10 +24,13 @@ from device_registry.profiles import MODELS
 from privacy.audit import AuditKeys
 from privacy.postgres_audit import seal_pending
 from privacy.postgres_audit import verify as verify_audit
-from qnect import bench, local_broker, simulator
+from qnect import api_server, bench, broker, local_broker, simulator
 from qnect.bridge import supervise
 from qnect.cli_auth import auth_hook
+from qnect.cli_broker import broker_app
+from qnect.cli_pairing import pairing_app
 from qnect.cli_privacy import privacy_app, subject_app
+from qnect.local_tls import ensure_local_tls
 from qnect.logs import configure
 from qnect.migrate import layout, migrate
 from qnect.rights import adopt, build
@@ -45,6 +50,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(subject_app, name="subject")
 app.add_typer(privacy_app, name="privacy")
 app.command("auth-hook")(auth_hook)
+app.add_typer(broker_app, name="broker")
+app.add_typer(pairing_app, name="pairing")
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/qnect"
 LOCAL_DIR = Path("var")
@@ -125,6 +132,27 @@ def device_provision(
     with os.fdopen(fd, "w") as f:
         json.dump([c.to_json() for c in creds], f)
     typer.echo(f"provisioned {count} {model} device(s); credentials in {out}")
+    if settings.broker_dynsec:
+        try:
+            broker.push_devices(settings, [c.device_id for c in creds])
+        except (BrokerAdminError, OSError) as exc:
+            typer.echo(f"broker not updated ({exc}); run `qnect broker sync`", err=True)
+            raise typer.Exit(1) from None
+        typer.echo("broker updated: each device may connect with its own credentials only")
+
+
+@device_app.command("revoke")
+def device_revoke(device_id: Annotated[str, typer.Argument(help="Device id.")]) -> None:
+    """Revoke a device: refuse its frames, destroy its root key, disconnect it at the broker."""
+    settings = _settings()
+    try:
+        result = broker.revoke(settings, device_id)
+    except (BrokerAdminError, OSError) as exc:
+        typer.echo(f"revoked in the registry; broker not updated ({exc}): run `qnect broker sync`")
+        raise typer.Exit(1) from None
+    if not result.revoked:
+        typer.echo(f"{device_id} is unknown or already revoked", err=True)
+    typer.echo(json.dumps(dataclasses.asdict(result)))
 
 
 @device_app.command("find")
@@ -160,6 +188,16 @@ def bridge_cmd(
     supervise(workers, stop, batch)
 
 
+@app.command("api")
+def api_cmd(
+    host: Annotated[str, typer.Option(envvar="QNECT_API_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="QNECT_API_PORT", min=1, max=65535)] = 8000,
+) -> None:
+    """Serve the HTTP API (device activation, health) until SIGTERM."""
+    configure()
+    api_server.serve(_settings(), host, port)
+
+
 @app.command("simulate")
 def simulate_cmd(
     credentials: Annotated[Path, typer.Option(help="Credentials file from device provision.")],
@@ -171,7 +209,8 @@ def simulate_cmd(
 ) -> None:
     """Run a simulated fleet speaking the real protocol; wait for storage receipts."""
     creds = json.loads(credentials.read_text())
-    address = BrokerAddress.parse(os.environ.get("QNECT_MQTT_URL", "mqtt://127.0.0.1:1883"))
+    url = os.environ.get("QNECT_DEVICE_MQTT_URL") or os.environ.get("QNECT_MQTT_URL")
+    address = BrokerAddress.parse(url or "mqtt://127.0.0.1:1883")
     summary = _simulate(creds, address, messages, rate, bad_fraction, timeout)
     typer.echo(json.dumps(summary) if as_json else json.dumps(summary, indent=2))
     if summary["unconfirmed"]:
@@ -249,16 +288,16 @@ def run_cmd(
             create_root_key_file(key)
             typer.echo(f"created a local root key at {key} (keep it: it opens every stored key)")
         env["QNECT_ROOT_KEY_FILE"] = str(key)
-    broker = None
+    mosquitto = None
     if "QNECT_MQTT_URL" not in env:
-        port = local_broker.free_port()
-        broker = local_broker.start_mosquitto((LOCAL_DIR / "mosquitto").resolve(), port)
-        env["QNECT_MQTT_URL"] = f"mqtt://127.0.0.1:{port}"
-        typer.echo(f"started mosquitto on 127.0.0.1:{port} (pid {broker.pid})")
+        mosquitto = _local_broker(env)
     settings = _settings()
     dsn = settings.database_url.get_secret_value()
     migrate(dsn, timescale=settings.timescale)
     typer.echo(f"schema up to date ({layout(dsn)} layout)")
+    if settings.broker_dynsec:
+        plan = broker.sync(settings)
+        typer.echo(f"broker in step with the registry (+{plan.created}, -{plan.removed})")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -273,9 +312,30 @@ def run_cmd(
     finally:
         stop.set()
         supervisor.join()
-        if broker is not None:
-            broker.terminate()
-            broker.wait(10)
+        if mosquitto is not None:
+            mosquitto.terminate()
+            mosquitto.wait(10)
+
+
+def _local_broker(env: os._Environ[str]) -> subprocess.Popen[bytes]:
+    """Start Mosquitto with the deploy security (dynsec, devices on TLS) for a local run."""
+    data = (LOCAL_DIR / "mosquitto").resolve()
+    # Identities are rebuilt from the registry by `broker sync` at every start, so the dynsec
+    # file never outlives the root key that derived its admin password.
+    (data / "dynsec.json").unlink(missing_ok=True)
+    admin_password = _settings().registry_keys().broker.service("admin")
+    tls = ensure_local_tls((LOCAL_DIR / "tls").resolve())
+    port, tls_port = local_broker.free_port(), local_broker.free_port()
+    proc = local_broker.start_mosquitto(
+        data, port, admin_password=admin_password, tls=tls, tls_port=tls_port
+    )
+    env["QNECT_MQTT_URL"] = f"mqtt://127.0.0.1:{port}"
+    env["QNECT_DEVICE_MQTT_URL"] = f"mqtts://127.0.0.1:{tls_port}?ca_file={tls.ca}"
+    typer.echo(
+        f"started mosquitto (pid {proc.pid}): services on 127.0.0.1:{port}, "
+        f"devices over TLS on 127.0.0.1:{tls_port} (dynamic security, one role per device)"
+    )
+    return proc
 
 
 def _demo_fleet(settings: Settings, per_model: int, messages: int, bad_fraction: float) -> None:
@@ -283,7 +343,10 @@ def _demo_fleet(settings: Settings, per_model: int, messages: int, bad_fraction:
     creds: list[dict[str, object]] = []
     with psycopg.connect(settings.database_url.get_secret_value()) as conn:
         for model in MODELS:
-            creds += [c.to_json() for c in provision(conn, keys, model, per_model)]
+            made = provision(conn, keys, model, per_model)
+            if settings.broker_dynsec:
+                broker.push_devices(settings, [c.device_id for c in made])
+            creds += [c.to_json() for c in made]
         owner = adopt(
             conn,
             build(settings.root_key()),
@@ -294,9 +357,8 @@ def _demo_fleet(settings: Settings, per_model: int, messages: int, bad_fraction:
         f"provisioned {len(creds)} simulated devices owned by demo subject {owner} "
         f"(health consent given); sending {messages} frames each"
     )
-    summary = _simulate(
-        creds, BrokerAddress.parse(settings.mqtt_url), messages, 0.0, bad_fraction, 120.0
-    )
+    device_url = settings.device_mqtt_url or settings.mqtt_url
+    summary = _simulate(creds, BrokerAddress.parse(device_url), messages, 0.0, bad_fraction, 120.0)
     typer.echo(json.dumps({"simulator": summary}, indent=2))
     typer.echo(json.dumps({"stats": stats(settings.database_url.get_secret_value())}, indent=2))
 

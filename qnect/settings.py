@@ -10,6 +10,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from broker_bridge.dynsec import BRIDGE
+from broker_bridge.mqtt import BrokerAddress
+from crypto.broker_secrets import service_password
 from crypto.keys import KekRing, parse_root_key
 from device_registry.model import RegistryKeys
 from telemetry.ratelimit import RateConfig
@@ -21,7 +24,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QNECT_", extra="ignore")
 
     database_url: SecretStr  # may carry a password: never logged
+    # Where bridge workers and the registry's admin connection reach the broker (an internal
+    # listener); devices may use another address (a TLS listener), given to the simulator.
     mqtt_url: str = "mqtt://127.0.0.1:1883"
+    device_mqtt_url: str | None = None
+    # Keep a Mosquitto dynamic-security broker in step with the registry (provision, revoke,
+    # `qnect broker sync`). Off for brokers that authenticate through the HTTP auth hook.
+    broker_dynsec: bool = True
     # The root key comes from exactly one provider: a 0600 file, or the environment (for
     # secret managers that inject variables). A KMS provider would be a third branch.
     root_key_file: Path | None = None
@@ -64,6 +73,11 @@ class Settings(BaseSettings):
     def kek_ring(self) -> KekRing:
         """Every KEK version, derived on demand (which one wraps is the database's to say)."""
         return KekRing(self.root_key())
+
+    def bridge_address(self) -> BrokerAddress:
+        """The broker as the bridge sees it, logged in as ``bridge`` unless the URL has a user."""
+        address = BrokerAddress.parse(self.mqtt_url)
+        return address.with_login(BRIDGE, service_password(self.root_key(), BRIDGE))
 
     def registry_keys(self) -> RegistryKeys:
         """The KEK ring and the MAC blind index, for provisioning and device lookups."""

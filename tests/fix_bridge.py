@@ -80,6 +80,8 @@ def bridge_env(db_dsn: str, broker: Broker, root_key_file: Path, **extra: str) -
         QNECT_DATABASE_URL=db_dsn,
         QNECT_MQTT_URL=broker.url,
         QNECT_ROOT_KEY_FILE=str(root_key_file),
+        # Only the secure broker has dynamic security for the registry to keep in step.
+        QNECT_BROKER_DYNSEC="true" if isinstance(broker, SecureBroker) else "false",
     )
     env.update(extra)
     return env
