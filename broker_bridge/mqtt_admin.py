@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import socket
 import time
 from collections.abc import Sequence
@@ -111,7 +112,11 @@ class DynsecAdmin:
 
     def _request(self, commands: list[Command]) -> list[dict[str, Any]]:
         assert self._sock is not None  # noqa: S101 - only called inside the context manager
-        payload = json.dumps({"commands": commands}).encode()
+        # Every admin connection receives every response on the shared response topic; the
+        # echoed correlation data tells ours from another admin's (a concurrent provision).
+        correlation = secrets.token_hex(8)
+        tagged = [{**c, "correlationData": correlation} for c in commands]
+        payload = json.dumps({"commands": tagged}).encode()
         self._sock.sendall(
             mqtt5.PublishPacket(CONTROL_TOPIC, payload, qos=mqtt5.QoS.AT_MOST_ONCE).write()
         )
@@ -121,7 +126,8 @@ class DynsecAdmin:
             if isinstance(packet, mqtt5.PublishPacket) and packet.topic == RESPONSE_TOPIC:
                 data = json.loads(bytes(packet.payload))
                 answer: list[dict[str, Any]] = data.get("responses", [])
-                return answer
+                if answer and answer[0].get("correlationData") == correlation:
+                    return answer
         raise BrokerAdminError("dynamic-security response timed out")
 
     def _next_id(self) -> int:

@@ -428,3 +428,13 @@ def test_shipped_production_config_starts_and_serves_devices_over_tls(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_concurrent_admins_never_take_each_others_responses(secure_broker: SecureBroker) -> None:
+    """Two admin connections interleave batches; each gets exactly its own answers."""
+    with secure_broker.admin() as one, secure_broker.admin() as two:
+        for i in range(5):
+            a = one.run([{"command": "listRoles", "count": -1}, {"command": "getDefaultACLAccess"}])
+            b = two.run([{"command": "listClients", "count": -1}])
+            assert [r["command"] for r in a] == ["listRoles", "getDefaultACLAccess"], i
+            assert [r["command"] for r in b] == ["listClients"], i
