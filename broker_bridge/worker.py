@@ -24,7 +24,9 @@ from broker_bridge.mqtt import BridgeClient
 from broker_bridge.receipts import receipt_topic, seal_receipt
 from crypto.device_keys import MAX_COUNTER, encode_kx_response
 from crypto.keys import KekRing
+from crypto.rekey import RekeyOffer, offer_topic, seal_offer
 from device_registry.errors import RegistryUnavailable
+from device_registry.postgres_rekey import DueOffer, claim_offers, destroy_expired
 from telemetry.directory import DeviceSource, Directory
 from telemetry.errors import StorageFailed, Unavailable
 from telemetry.pipeline import AcceptedFrame, Inbound, Outcome, Pipeline, PipelineConfig, Reject
@@ -37,6 +39,7 @@ DRAIN_QUIET_S = 2.0  # a retired session is empty once the broker sent nothing f
 # Partitions are made two days ahead, so hourly would do; every 10 minutes is cheap.
 MAINTENANCE_EVERY_S = 600.0
 SEAL_EVERY_S = 30.0  # audit seal and presence sweep cadence (events wait at most this + 2 s)
+OFFER_EVERY_S = 1.0  # root-key offers staged by `qnect keys rotate` go out within about this
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,7 @@ class Worker:
         self._pipeline = Pipeline(self._directory, config.pipeline, os.urandom)
         self._next_maintenance = 0.0
         self._next_seal = 0.0
+        self._next_offer = 0.0
         # Receipt counters must be unique under a device's downlink key, which all workers
         # share: a random 63-bit start per worker, then +1; two workers' ranges of n receipts
         # overlap with probability about n / 2**62.
@@ -95,6 +99,8 @@ class Worker:
                     self._maintain()
                 if time.monotonic() >= self._next_seal:
                     self._seal()
+                if time.monotonic() >= self._next_offer:
+                    self._offer()
         finally:
             self._client.stop(end_session=drain and not stop.is_set())
             self._db.close()
@@ -184,13 +190,16 @@ class Worker:
 
     def _after_commit(self, written: Written) -> None:
         now_ms = int(time.time() * 1000)
+        for commit in written.rotated:
+            self._directory.rotated(commit.device_id, until=commit.until, now_ms=now_ms)
+        if written.rotated:
+            log.info("bridge.root_keys_rotated", devices=len(written.rotated))
         for kx, session in written.sessions:
-            device = self._directory.device(kx.device_id)
-            if device is None:
+            if self._directory.device(kx.device_id) is None:
                 continue
             self._directory.rekeyed(session, since=datetime.now(UTC), now_ms=now_ms)
             answer = encode_kx_response(
-                device.kx_key,
+                kx.kx_key,
                 kx.device_id,
                 kx.request,
                 epoch=session.epoch,
@@ -214,16 +223,58 @@ class Worker:
         self._client.publish_many(receipts)
 
     def _seal(self) -> None:
-        """Seal the audit log and sweep presence between batches (one worker at a time each)."""
+        """Seal the audit log, sweep presence, destroy root keys whose grace ended."""
         self._next_seal = time.monotonic() + SEAL_EVERY_S
         now = datetime.now(UTC)
         try:
             sealed = self._db.seal_audit(now)
             swept = self._db.sweep_presence(now, self._config.presence_stale)
-        except Unavailable:
+            assert self._db.conn is not None  # noqa: S101 - the calls above connected
+            destroyed = destroy_expired(self._db.conn, now=now)
+        except (Unavailable, RegistryUnavailable):
+            self._db.close()
             return
-        if sealed or swept:
-            log.info("bridge.periodic", audit_sealed=sealed, presence_swept=swept)
+        if sealed or swept or destroyed:
+            log.info(
+                "bridge.periodic",
+                audit_sealed=sealed,
+                presence_swept=swept,
+                root_keys_destroyed=destroyed,
+            )
+
+    def _offer(self) -> None:
+        """Send the root-key offers that are due (each claimed by one worker)."""
+        self._next_offer = time.monotonic() + OFFER_EVERY_S
+        now = datetime.now(UTC)
+        try:
+            self._db.open()
+            assert self._db.conn is not None  # noqa: S101 - open() connected
+            due = claim_offers(self._db.conn, now=now)
+            if due:
+                now_ms = int(now.timestamp() * 1000)
+                ids = {d.device_id for d in due}
+                epochs = {(d.device_id, d.epoch) for d in due}
+                self._directory.prepare(ids, epochs, (), now_ms=now_ms, refresh=ids)
+        except (Unavailable, RegistryUnavailable):
+            self._db.close()
+            return
+        offers = [o for d in due if (o := self._seal_offer(d)) is not None]
+        self._client.publish_many(offers)  # QoS 0: an unanswered offer is claimed again
+        if due:
+            log.info("bridge.root_key_offers", due=len(due), sent=len(offers))
+
+    def _seal_offer(self, due: DueOffer) -> tuple[str, bytes] | None:
+        device = self._directory.device(due.device_id)
+        session = self._directory.session(due.device_id, due.epoch)
+        if device is None or session is None or device.pending is None:
+            return None  # revoked, or no session yet: offered again after the retry delay
+        pending = device.pending
+        if pending.key is None or pending.version != due.to_version:
+            return None
+        offer = RekeyOffer(device.drk_version, pending.version, pending.key)
+        self._receipt_counter = self._receipt_counter % MAX_COUNTER + 1
+        frame = seal_offer(session[0], due.device_id, offer, counter=self._receipt_counter)
+        return offer_topic(due.device_id), frame
 
     def _maintain(self) -> None:
         self._next_maintenance = time.monotonic() + MAINTENANCE_EVERY_S

@@ -43,6 +43,24 @@ class WrappedDataKey:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredRootKey:
+    """A root-key version besides the current one: the pending next, or the previous one."""
+
+    version: int
+    wrapped: bytes | None = field(repr=False)  # None: destroyed once its grace ended
+    until: datetime | None = None  # the previous key is decrypt-only until then
+
+
+@dataclass(frozen=True, slots=True)
+class RootKey:
+    """An opened root-key version besides the current one (see ``StoredRootKey``)."""
+
+    version: int
+    key: bytes | None = field(repr=False)  # None: destroyed
+    until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceRecord:
     """A device row with its wrapped keys, as the bridge loads it."""
 
@@ -57,6 +75,8 @@ class DeviceRecord:
     current_since: datetime | None
     data_keys: tuple[WrappedDataKey, ...] = field(repr=False)
     precise_location: bool = False  # the owner consented to precise positions being stored
+    previous_root: StoredRootKey | None = None  # root-key rotation (0007_drk_rotation)
+    pending_root: StoredRootKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +95,17 @@ class DeviceContext:
     current_epoch: int
     current_since: datetime | None
     precise_location: bool = False
+    previous: RootKey | None = None  # decrypt-only until ``previous.until``
+    pending: RootKey | None = None  # offered, not yet proven
+
+    def root_of(self, version: int) -> bytes | None:
+        """The root key of *version* while it is held (current, previous or pending)."""
+        if version == self.drk_version:
+            return self.root_key
+        for other in (self.previous, self.pending):
+            if other is not None and other.version == version:
+                return other.key
+        return None
 
 
 def new_device_id(rand: bytes) -> DeviceId:
@@ -153,6 +184,9 @@ def open_record(record: DeviceRecord, ring: KekRing) -> DeviceContext | None:
     )
     ciphers = {dk.key_class: _open_data_key(record, dk, ring) for dk in record.data_keys}
     mac = ciphers[KeyClass.NETWORK].open(record.mac_enc, REGISTRY_MAC_CONTEXT).decode()
+    previous, pending = (
+        _open_root(record, s, ring) for s in (record.previous_root, record.pending_root)
+    )
     return DeviceContext(
         device_id=record.device_id,
         profile=PROFILES[record.model],
@@ -166,7 +200,19 @@ def open_record(record: DeviceRecord, ring: KekRing) -> DeviceContext | None:
         current_epoch=record.current_epoch,
         current_since=record.current_since,
         precise_location=record.precise_location,
+        previous=previous,
+        pending=pending,
     )
+
+
+def _open_root(record: DeviceRecord, stored: StoredRootKey | None, ring: KekRing) -> RootKey | None:
+    if stored is None:
+        return None
+    key = None
+    if stored.wrapped is not None:
+        context = root_key_context(record.device_id, stored.version)
+        key = ring.unwrap(stored.wrapped, context=context)
+    return RootKey(stored.version, key, stored.until)
 
 
 def random_mac(rand: bytes) -> str:

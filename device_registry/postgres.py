@@ -27,6 +27,7 @@ from device_registry.model import (
     DeviceRecord,
     DeviceStatus,
     RegistryKeys,
+    StoredRootKey,
     WrappedDataKey,
     new_device_id,
     random_mac,
@@ -171,6 +172,8 @@ def _new_devices(
 _LOAD = """
 SELECT d.device_id, d.model, d.status, d.binding, d.drk_version, d.root_key_wrapped, d.mac_enc,
        d.current_epoch, s.established_at AS current_since,
+       d.drk_prev_version, d.drk_prev_wrapped, d.drk_prev_until,
+       d.drk_next_version, d.drk_next_wrapped,
        coalesce(array_agg(k.key_class ORDER BY k.key_class)
                 FILTER (WHERE k.key_class IS NOT NULL), '{}') AS key_classes,
        coalesce(array_agg(k.version ORDER BY k.key_class)
@@ -218,16 +221,29 @@ def load_records(
                 for c, v, b in zip(r["key_classes"], r["key_versions"], r["key_blobs"], strict=True)
             ),
             precise_location=r["precise_location"],
+            previous_root=_stored_root(r, "prev"),
+            pending_root=_stored_root(r, "next"),
         )
         for r in rows
     }
 
 
+def _stored_root(row: dict[str, Any], which: str) -> StoredRootKey | None:
+    version = row[f"drk_{which}_version"]
+    if version is None:
+        return None
+    return StoredRootKey(version, row[f"drk_{which}_wrapped"], row.get(f"drk_{which}_until"))
+
+
+# Ordered by epoch: a connection that re-keyed (root-key rotation) has several sessions under
+# one cid, and its last will belongs to the newest.
 _SESSIONS = """
-SELECT s.device_id, s.epoch, s.device_nonce, s.server_nonce, s.cid, s.superseded_at
+SELECT s.device_id, s.epoch, s.device_nonce, s.server_nonce, s.cid, s.superseded_at,
+       s.drk_version
 FROM device_sessions s
 JOIN unnest(%s::text[], %s::bigint[]) AS k(device_id, value)
   ON s.device_id = k.device_id AND s.{column} = k.value
+ORDER BY s.epoch
 """
 
 
@@ -345,6 +361,38 @@ class _ColumnSql:
 
 # Stale = a blob whose header (format, KEK version) is not the target's ``wrap_header``.
 _COLUMNS = {
+    WrappedColumn.NEXT_ROOT_KEYS: _ColumnSql(  # pending key of a root-key rotation
+        start=("",),
+        select="""
+SELECT device_id, drk_next_version, drk_next_wrapped FROM devices
+WHERE device_id > %s AND drk_next_wrapped IS NOT NULL
+  AND substring(drk_next_wrapped FROM 1 FOR 3) <> %s
+ORDER BY device_id LIMIT %s""",
+        update="""
+UPDATE devices d SET drk_next_wrapped = n.new
+FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) AS n(device_id, old, new)
+WHERE d.device_id = n.device_id AND d.drk_next_wrapped = n.old""",
+        stale="""
+SELECT count(*) FROM devices
+WHERE drk_next_wrapped IS NOT NULL AND substring(drk_next_wrapped FROM 1 FOR 3) <> %s""",
+        row=root_key_row,
+    ),
+    WrappedColumn.PREV_ROOT_KEYS: _ColumnSql(  # previous key, decrypt-only in its grace
+        start=("",),
+        select="""
+SELECT device_id, drk_prev_version, drk_prev_wrapped FROM devices
+WHERE device_id > %s AND drk_prev_wrapped IS NOT NULL
+  AND substring(drk_prev_wrapped FROM 1 FOR 3) <> %s
+ORDER BY device_id LIMIT %s""",
+        update="""
+UPDATE devices d SET drk_prev_wrapped = n.new
+FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) AS n(device_id, old, new)
+WHERE d.device_id = n.device_id AND d.drk_prev_wrapped = n.old""",
+        stale="""
+SELECT count(*) FROM devices
+WHERE drk_prev_wrapped IS NOT NULL AND substring(drk_prev_wrapped FROM 1 FOR 3) <> %s""",
+        row=root_key_row,
+    ),
     WrappedColumn.ROOT_KEYS: _ColumnSql(
         start=("",),
         select="""

@@ -35,6 +35,8 @@ class WrappedColumn(StrEnum):
     """The columns holding blobs wrapped under a KEK."""
 
     ROOT_KEYS = "devices.root_key_wrapped"
+    NEXT_ROOT_KEYS = "devices.drk_next_wrapped"  # root-key rotation: offered, not yet proven
+    PREV_ROOT_KEYS = "devices.drk_prev_wrapped"  # and rotated away, decrypt-only for a while
     DATA_KEYS = "data_keys.wrapped"
 
 

@@ -16,3 +16,4 @@ class SessionRecord:
     server_nonce: bytes
     cid: int
     superseded_at: datetime | None
+    drk_version: int = 1  # the root-key version the session's keys derive from

@@ -60,6 +60,7 @@ def run_worker(options: BridgeOptions) -> None:
         batch_max=options.batch_max,
         pipeline=PipelineConfig(
             epoch_grace_ms=int(settings.epoch_grace_s * 1000),
+            drk_grace_ms=int(settings.drk_grace_s * 1000),
             rates=settings.rate_config().per_worker(options.workers),
         ),
         presence_stale=timedelta(seconds=settings.presence_stale_s),

@@ -28,6 +28,7 @@ from qnect import api_server, bench, broker, local_broker, simulator
 from qnect.bridge import supervise
 from qnect.cli_auth import auth_hook
 from qnect.cli_broker import broker_app
+from qnect.cli_keys import register as register_key_rotation
 from qnect.cli_pairing import pairing_app
 from qnect.cli_privacy import privacy_app, subject_app
 from qnect.local_tls import ensure_local_tls
@@ -44,6 +45,7 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Key management.", no_args_is_help=True)
 device_app = typer.Typer(help="Device registry.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+register_key_rotation(keys_app)
 app.add_typer(device_app, name="device")
 audit_app = typer.Typer(help="Audit log: seal and verify.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")

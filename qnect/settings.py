@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     root_key_hex: SecretStr | None = Field(default=None, validation_alias="QNECT_ROOT_KEY")
     timescale: Literal["auto", "on", "off"] = "auto"
     epoch_grace_s: float = 300.0
+    # A rotated-away device root key stays decrypt-only this long (sessions under it keep
+    # working until the device re-keys), then it is destroyed; longer than epoch_grace_s, so
+    # frames resent under an old session are covered too.
+    drk_grace_s: float = Field(default=3600.0, gt=0)
     # Per-device limits (telemetry.ratelimit): live frames, and frames stamped before the
     # current connection (a buffer flushed after being offline).
     rate_live_per_s: float = Field(default=50.0, gt=0)

@@ -24,7 +24,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker_bridge.mqtt import BrokerAddress
-from crypto import device_keys
+from crypto import device_keys, rekey
 from crypto.device_keys import Flags, SessionKeys
 from device_registry.profiles import PROFILES, PointType
 
@@ -191,6 +191,10 @@ class SimDevice:
         self._lock = threading.Lock()
         self._kx_body = b""
         self._kx_done = threading.Event()
+        self._cid = 0
+        self._answered_epoch: int | None = None  # a key exchange answered; switch before sealing
+        self._offer: rekey.RekeyOffer | None = None  # root-key offer read, not yet answered
+        self._rekey_at: float | None = None  # when to (re)send a key exchange under a new root
         self.last_progress = time.monotonic()
         self.needs_rekey = False
         self._client: paho.Client | None = None
@@ -230,25 +234,54 @@ class SimDevice:
             self._pump.remove(client)
             raise TimeoutError("subscribe not acknowledged")
         self._client = client
-        self._key_exchange(cid)
+        self._cid = cid
+        self._key_exchange()
 
-    def _key_exchange(self, cid: int) -> None:
+    def _key_exchange(self) -> None:
         # Retried with backoff: a request published before any bridge subscribed is gone.
         for timeout in KX_RETRY_S:
-            self._kx_done.clear()
-            self._kx_body = device_keys.encode_kx_request(
-                self._kx_key,
-                self.device_id,
-                drk_version=self.drk_version,
-                ts_ms=int(time.time() * 1000),
-                cid=cid,
-                device_nonce=os.urandom(16),
-            )
-            assert self._client is not None  # noqa: S101
-            self._client.publish(self.topic("kx"), self._kx_body, qos=1)
+            self._send_kx()
             if self._kx_done.wait(timeout):
+                self._switch_session()
                 return
         raise TimeoutError("key exchange not answered")
+
+    def _send_kx(self) -> None:
+        self._kx_done.clear()
+        self._kx_body = device_keys.encode_kx_request(
+            self._kx_key,
+            self.device_id,
+            drk_version=self.drk_version,
+            ts_ms=int(time.time() * 1000),
+            cid=self._cid,
+            device_nonce=os.urandom(16),
+        )
+        self.publish(self.topic("kx"), self._kx_body)
+
+    def _switch_session(self) -> None:
+        """Adopt the session of the last answered key exchange (publishing thread only)."""
+        with self._lock:
+            epoch, self._answered_epoch = self._answered_epoch, None
+        if epoch is not None:
+            self.epoch, self._counter = epoch, 0
+
+    def rekey_step(self) -> None:
+        """Root-key rotation, publishing thread side: answer an offer, then re-key under it.
+
+        The proof goes out under the current session; then the new key replaces the old one
+        (in memory only) and a key exchange under the new version starts, resent until
+        answered. Frames keep using the old session until the answer arrives.
+        """
+        offer, self._offer = self._offer, None
+        if offer is not None and offer.from_version == self.drk_version:
+            _, proof = self.seal("rekey", rekey.encode_proof(self.device_id, offer))
+            self.publish(self.topic("rekey"), proof)
+            self._root, self.drk_version = offer.new_root, offer.to_version
+            self._kx_key = device_keys.kx_key(self._root, self.device_id)
+            self._rekey_at = time.monotonic()
+        if self._rekey_at is not None and time.monotonic() >= self._rekey_at:
+            self._rekey_at = time.monotonic() + KX_TIMEOUT_S
+            self._send_kx()
 
     def reconnect(self) -> None:
         """Drop the connection, connect again with a new session, resend the unconfirmed."""
@@ -289,11 +322,17 @@ class SimDevice:
                     device_nonce=self._kx_body[20:36],
                     server_nonce=resp.server_nonce,
                 )
-                self.epoch = resp.epoch
-                self._counter = 0
+                with self._lock:
+                    self._answered_epoch = resp.epoch
+                self._rekey_at = None
                 self._kx_done.set()
             elif kind == "receipt":
                 self._receipt(bytes(msg.payload), msg.topic)
+            elif kind == "rekey":
+                header = device_keys.parse_header(bytes(msg.payload))
+                keys = self.sessions.get(header.epoch)
+                if keys is not None:  # opens only under that session's downlink key
+                    self._offer = rekey.open_offer(keys, self.device_id, bytes(msg.payload))
         except Exception:  # noqa: BLE001 - a bad downlink message must not kill the device
             return
 
@@ -320,6 +359,7 @@ class SimDevice:
     # -- frames -----------------------------------------------------------------------------
     def seal(self, kind: str, body: bytes, *, topic: str | None = None) -> tuple[int, bytes]:
         """Seal the next frame of the current session."""
+        self._switch_session()
         self._counter += 1
         keys = self.sessions[self.epoch]
         frame = device_keys.seal_frame(
@@ -463,6 +503,7 @@ def run_fleet(
         for n, device in enumerate(fleet):
             if device.needs_rekey:
                 _heal(device)
+            device.rekey_step()
             if bad_fraction and rng.random() < bad_fraction:
                 kind = rng.choice(BAD_KINDS)
                 device.send_bad(kind, fleet[(n + 1) % len(fleet)])
@@ -508,6 +549,7 @@ def _await_receipts(
         for device in pending:
             if device.needs_rekey or now - device.last_progress > resend_after_s:
                 _heal(device)
+            device.rekey_step()
         time.sleep(0.1)
     del tally
 

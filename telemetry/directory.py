@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
-from crypto.device_keys import SessionKeys, session_keys
+from crypto.device_keys import SessionKeys, kx_key, session_keys
 from crypto.errors import CryptoError
 from crypto.keys import KekRing
 from crypto.replay import ReplayWindow
-from device_registry.model import DeviceContext, DeviceRecord, open_record
+from device_registry.model import DeviceContext, DeviceRecord, RootKey, open_record
 from device_registry.sessions import SessionRecord
 
 DEFAULT_TTL_MS = 2_000  # how stale a revocation or another worker's key exchange may be seen
@@ -73,6 +73,7 @@ class Directory:
         self._by_cid: dict[tuple[str, int], int] = {}
         self.windows: OrderedDict[tuple[str, int], ReplayWindow] = OrderedDict()
         self._broken: set[str] = set()
+        self._root_gone: set[tuple[str, int]] = set()  # sessions whose root key is destroyed
         self._revoked: set[str] = set()
 
     def prepare(
@@ -82,13 +83,15 @@ class Directory:
         cids: Iterable[tuple[str, int]],
         *,
         now_ms: int,
+        refresh: Iterable[str] = (),
     ) -> None:
-        """Load whatever a batch needs that is missing or expired, in bulk."""
+        """Load whatever a batch needs that is missing or expired (or in *refresh*), in bulk."""
         stale = {
             d
             for d in device_ids
             if (e := self._devices.get(d)) is None or now_ms - e.loaded_ms > self._ttl_ms
         }
+        stale.update(refresh)
         # A frame under an epoch newer than the cached one means another worker re-keyed it.
         stale.update(
             d
@@ -143,6 +146,31 @@ class Directory:
         """Keys and record of a prepared session."""
         return self._sessions.get((device_id, epoch))
 
+    def root_gone(self, device_id: str, epoch: int) -> bool:
+        """Whether a session exists whose root-key version is destroyed (or unknown here)."""
+        return (device_id, epoch) in self._root_gone
+
+    def rotated(self, device_id: str, *, until: datetime, now_ms: int) -> None:
+        """Record a root-key rotation this worker just committed: pending becomes current."""
+        entry = self._devices.get(device_id)
+        if entry is None or entry.context is None:
+            return
+        context = entry.context
+        pending = context.pending
+        if pending is None or pending.key is None:  # not what was committed: load it again
+            del self._devices[device_id]
+            return
+        previous = RootKey(context.drk_version, context.root_key, until)
+        context = replace(
+            context,
+            drk_version=pending.version,
+            root_key=pending.key,
+            kx_key=kx_key(pending.key, device_id),
+            previous=previous,
+            pending=None,
+        )
+        self._put_device(device_id, _Entry(context, now_ms))
+
     def epoch_of_cid(self, device_id: str, cid: int) -> int | None:
         """Epoch of the session a connection id belongs to."""
         return self._by_cid.get((device_id, cid))
@@ -160,11 +188,16 @@ class Directory:
     def rekeyed(self, record: SessionRecord, *, since: datetime, now_ms: int) -> None:
         """Record a key exchange this worker just committed."""
         entry = self._devices.get(record.device_id)
-        if entry is not None and entry.context is not None:
-            context = replace(entry.context, current_epoch=record.epoch, current_since=since)
-            self._put_device(record.device_id, _Entry(context, now_ms))
         self._by_cid[(record.device_id, record.cid)] = record.epoch
         self._put_session((record.device_id, record.epoch), record)
+        if entry is None or entry.context is None:
+            return
+        if record.drk_version != entry.context.drk_version:
+            # A rotation another worker committed first: this context is stale; reload it.
+            entry.loaded_ms = -self._ttl_ms - 1
+            return
+        context = replace(entry.context, current_epoch=record.epoch, current_since=since)
+        self._put_device(record.device_id, _Entry(context, now_ms))
 
     def _put_device(self, device_id: str, entry: _Entry) -> None:
         self._devices[device_id] = entry
@@ -176,8 +209,14 @@ class Directory:
         entry = self._devices.get(key[0])
         if entry is None or entry.context is None:
             return
+        root = entry.context.root_of(record.drk_version)
+        if root is None:
+            if len(self._root_gone) >= self._capacity:
+                self._root_gone.clear()
+            self._root_gone.add(key)
+            return
         keys = session_keys(
-            entry.context.root_key,
+            root,
             key[0],
             epoch=key[1],
             device_nonce=record.device_nonce,

@@ -71,6 +71,19 @@ InternalError = _reason(
 )
 KxInvalid = _reason("KxInvalid", "kx_invalid", "Key-exchange request does not authenticate.")
 KxReplay = _reason("KxReplay", "kx_replay", "Key-exchange nonce reused or timestamp skewed.")
+DrkSuperseded = _reason(
+    "DrkSuperseded",
+    "drk_superseded",
+    "Key exchange under a root-key version that was rotated away (no new sessions under it).",
+)
+DrkDestroyed = _reason(
+    "DrkDestroyed",
+    "drk_destroyed",
+    "Frame of a session under a root-key version whose grace period ended (key destroyed).",
+)
+RekeyInvalid = _reason(
+    "RekeyInvalid", "rekey_invalid", "Root-key rotation proof for no pending key, or it fails."
+)
 
 
 class StorageFailed(TelemetryError):

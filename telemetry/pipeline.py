@@ -28,7 +28,7 @@ from crypto.replay import Freshness
 from device_registry.model import DeviceContext, DeviceStatus, is_device_id
 from device_registry.profiles import INFO, STATUS, DataPoint, ReportKind
 from privacy.retention import RetentionClass
-from telemetry import errors
+from telemetry import errors, rekey
 from telemetry.directory import Directory
 from telemetry.ratelimit import RateConfig, RateLimiter
 from telemetry.validate import Limits, Report, Value, validate
@@ -43,6 +43,7 @@ GRACE_EPOCHS = 3  # how many superseded sessions may still deliver resent frames
 COARSE_POSITION_M = 2  # unconsented robot positions: a 2 m grid says which room, not where
 
 Random = Callable[[int], bytes]
+_CONTROL_KINDS = ("kx", "rekey")  # uplink kinds that carry no report
 _FIXED_PROFILES = {ReportKind.STATUS: STATUS, ReportKind.INFO: INFO}  # same for every model
 
 
@@ -63,6 +64,7 @@ class PipelineConfig:
     limits: Limits = field(default_factory=Limits)
     epoch_grace_ms: int = 300_000  # resends of a reconnecting device may use the old session
     rates: RateConfig = field(default_factory=RateConfig)  # this worker's share (per_worker)
+    drk_grace_ms: int = 3_600_000  # a rotated-away root key stays decrypt-only this long
 
 
 @dataclass(slots=True)
@@ -111,6 +113,7 @@ class KeyExchange:
     device_id: str
     request: device_keys.KxRequest
     server_nonce: bytes
+    kx_key: bytes = field(repr=False)  # the K_kx the request verified under (current or pending)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,7 @@ class Outcome:
     rejects: list[Reject] = field(default_factory=list)
     key_exchanges: list[KeyExchange] = field(default_factory=list)
     wills: list[Will] = field(default_factory=list)
+    rotations: list[rekey.Rotation] = field(default_factory=list)  # root keys proven
     duplicates_seen: list[AcceptedFrame] = field(default_factory=list)  # caught by the window
 
 
@@ -153,7 +157,7 @@ def split_topic(topic: str) -> tuple[str, str]:
         or parts[0] != "devices"
         or parts[2] != "up"
         or not is_device_id(parts[1])
-        or (parts[3] not in KINDS and parts[3] != "kx")
+        or (parts[3] not in KINDS and parts[3] not in _CONTROL_KINDS)
     ):
         raise errors.BadTopic("not devices/<id>/up/<kind>")
     return parts[1], parts[3]
@@ -198,7 +202,7 @@ class Pipeline:
                 outcome.rejects.append(
                     _reject(index, msg, errors.InternalError(type(exc).__name__))
                 )
-        self._prepare(parsed, now_ms)
+        self._prepare(parsed, batch, now_ms)
         for item in parsed:
             msg = batch[item.index]
             try:
@@ -230,16 +234,28 @@ class Pipeline:
             log.exception("telemetry.internal_error", device_id=item.device_id, kind=item.kind)
             raise errors.InternalError(type(exc).__name__) from exc
 
-    def _prepare(self, parsed: list[_Parsed], now_ms: int) -> None:
-        epochs, cids = set(), set()
+    def _prepare(self, parsed: list[_Parsed], batch: Sequence[Inbound], now_ms: int) -> None:
+        epochs, cids, refresh = set(), set(), set()
         for p in parsed:
+            if p.kind == "rekey" or (p.kind == "kx" and self._new_version(p, batch)):
+                refresh.add(p.device_id)  # a rotation may have been staged since it was cached
             if p.header is None:
                 continue
             if p.header.flags & Flags.WILL:
                 cids.add((p.device_id, p.header.counter))
             else:
                 epochs.add((p.device_id, p.header.epoch))
-        self.directory.prepare({p.device_id for p in parsed}, epochs, cids, now_ms=now_ms)
+        self.directory.prepare(
+            {p.device_id for p in parsed}, epochs, cids, now_ms=now_ms, refresh=refresh
+        )
+
+    def _new_version(self, item: _Parsed, batch: Sequence[Inbound]) -> bool:
+        device = self.directory.device(item.device_id)
+        try:
+            version = device_keys.kx_request_version(batch[item.index].payload)
+        except CryptoMalformed:
+            return False
+        return device is None or version != device.drk_version
 
     def _stage(self, item: _Parsed, msg: Inbound, outcome: Outcome, now_ms: int) -> None:
         device = self.directory.device(item.device_id)
@@ -251,10 +267,10 @@ class Pipeline:
             raise errors.UnknownDevice("")
         if device.status is not DeviceStatus.ACTIVE:
             raise errors.DeviceRevoked("")
-        if item.header is None:
-            outcome.key_exchanges.append(self._key_exchange(item, msg, device, now_ms))
+        if item.header is None or item.kind == "rekey":
+            self._control(item, msg, device, outcome, now_ms)
         elif item.header.flags & Flags.WILL:
-            outcome.wills.append(self._will(item, msg, device))
+            outcome.wills.append(self._will(item, msg, device, now_ms))
         else:
             frame = self._frame(item, item.header, msg, device, now_ms)
             window = self.directory.window(frame.device_id, frame.epoch)
@@ -273,20 +289,50 @@ class Pipeline:
             window.record(frame.counter)
             outcome.accepted.append(frame)
 
+    def _control(
+        self, item: _Parsed, msg: Inbound, device: DeviceContext, outcome: Outcome, now_ms: int
+    ) -> None:
+        """A key exchange or a root-key proof; either may prove a pending root key."""
+        until_ms = now_ms + self.config.drk_grace_ms
+        if item.header is not None:
+            plaintext = self._rekey(item, item.header, msg, device, now_ms)
+            rotation = rekey.proven(device, plaintext, index=item.index, until_ms=until_ms)
+        else:
+            kx = self._key_exchange(item, msg, device, now_ms)
+            outcome.key_exchanges.append(kx)
+            version = kx.request.drk_version
+            rotation = None
+            if version != device.drk_version:  # MACed under the pending key's K_kx
+                rotation = rekey.Rotation(
+                    item.index, item.device_id, version - 1, version, until_ms
+                )
+        if rotation is not None:
+            outcome.rotations.append(rotation)
+
     def _key_exchange(
         self, item: _Parsed, msg: Inbound, device: DeviceContext, now_ms: int
     ) -> KeyExchange:
         try:
-            request = device_keys.decode_kx_request(device.kx_key, item.device_id, msg.payload)
+            k_kx = rekey.kx_key_for(device, device_keys.kx_request_version(msg.payload))
+            request = device_keys.decode_kx_request(k_kx, item.device_id, msg.payload)
         except (DecryptionFailed, CryptoMalformed, CryptoUnsupported) as exc:
             raise errors.KxInvalid("request does not authenticate") from exc
-        if request.drk_version != device.drk_version:
-            raise errors.KxInvalid("root key version is not current")
         if abs(now_ms - request.ts_ms) > MAX_KX_SKEW_MS:
             raise errors.KxReplay("timestamp outside the skew window")
-        return KeyExchange(item.index, item.device_id, request, self._rand(16))
+        return KeyExchange(item.index, item.device_id, request, self._rand(16), k_kx)
 
-    def _will(self, item: _Parsed, msg: Inbound, device: DeviceContext) -> Will:
+    def _rekey(
+        self, item: _Parsed, header: FrameHeader, msg: Inbound, device: DeviceContext, now_ms: int
+    ) -> bytes:
+        # An ordinary uplink frame of a session, not counted against the rate and not kept in
+        # the replay window: a resent proof is harmless (the commit is idempotent).
+        if header.flags & (Flags.DOWN | Flags.RANDOM_COUNTER | Flags.WILL):
+            raise errors.MalformedFrame("downlink or will flags on a re-key proof")
+        self._check_epoch(device, header.epoch, now_ms)
+        keys = self._session(item, header, device, now_ms)
+        return self._open(keys.up, header, msg, item.device_id)
+
+    def _will(self, item: _Parsed, msg: Inbound, device: DeviceContext, now_ms: int) -> Will:
         header = item.header
         assert header is not None  # noqa: S101 - _stage only routes frames here
         if item.kind != "status":
@@ -294,9 +340,14 @@ class Pipeline:
         epoch = self.directory.epoch_of_cid(item.device_id, header.counter)
         if epoch is None:
             raise errors.UnknownEpoch("will of an unknown connection")
-        keys = device_keys.will_keys(device.root_key, item.device_id)
-        self._open(keys, header, msg, item.device_id)
-        return Will(item.index, item.device_id, epoch)
+        # Fixed at CONNECT: under the previous root key if the device rotated since.
+        for root in rekey.will_roots(device, now_ms=now_ms):
+            try:
+                self._open(device_keys.will_keys(root, item.device_id), header, msg, item.device_id)
+            except errors.BadTag:
+                continue
+            return Will(item.index, item.device_id, epoch)
+        raise errors.BadTag("")
 
     def _open(
         self, keys: device_keys.DirectionKeys, header: FrameHeader, msg: Inbound, device_id: str
@@ -327,14 +378,23 @@ class Pipeline:
         if header.flags & (Flags.DOWN | Flags.RANDOM_COUNTER):
             raise errors.MalformedFrame("downlink flags on an uplink frame")
         self._check_epoch(device, header.epoch, now_ms)
-        session = self.directory.session(item.device_id, header.epoch)
-        if session is None:
-            raise errors.UnknownEpoch(f"epoch {header.epoch}")
-        plaintext = self._open(session[0].up, header, msg, item.device_id)
+        keys = self._session(item, header, device, now_ms)
+        plaintext = self._open(keys.up, header, msg, item.device_id)
         kind = KINDS[item.kind]
         profile = _FIXED_PROFILES.get(kind, device.profile)
         report = validate(kind, profile, plaintext, now_ms=now_ms, limits=self.config.limits)
         return self._seal(report, header, item, device)
+
+    def _session(
+        self, item: _Parsed, header: FrameHeader, device: DeviceContext, now_ms: int
+    ) -> device_keys.SessionKeys:
+        session = self.directory.session(item.device_id, header.epoch)
+        if session is None:
+            if self.directory.root_gone(item.device_id, header.epoch):
+                raise errors.DrkDestroyed(f"epoch {header.epoch}")
+            raise errors.UnknownEpoch(f"epoch {header.epoch}")
+        rekey.check_session_root(device, session[1].drk_version, now_ms=now_ms)
+        return session[0]
 
     def _seal(
         self, report: Report, header: FrameHeader, item: _Parsed, device: DeviceContext
@@ -420,7 +480,7 @@ SEALED_TABLES: dict[RetentionClass, str] = {
 def _reject(index: int, msg: Inbound, exc: errors.Rejected) -> Reject:
     parts = msg.topic.split("/")
     device_id = parts[1] if len(parts) > 1 and is_device_id(parts[1]) else None
-    kind = parts[3] if len(parts) == 4 and parts[3] in {*KINDS, "kx"} else "other"
+    kind = parts[3] if len(parts) == 4 and parts[3] in {*KINDS, *_CONTROL_KINDS} else "other"
     return Reject(index, device_id, kind, exc.code, exc.detail, len(msg.payload))
 
 

@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from device_registry.postgres_rekey import Commit, commit_rotations
 from device_registry.sessions import SessionRecord
 from privacy.audit import AuditKeys
 from privacy.postgres_audit import seal_pending
@@ -132,6 +133,7 @@ class Written:
     duplicates: list[AcceptedFrame] = field(default_factory=list)  # already stored before
     sessions: list[tuple[KeyExchange, SessionRecord]] = field(default_factory=list)
     kx_rejects: list[Reject] = field(default_factory=list)
+    rotated: list[Commit] = field(default_factory=list)  # root-key rotations committed
 
 
 @dataclass(slots=True)
@@ -161,6 +163,12 @@ class TelemetryStore:
         """Store one batch atomically; returns what was new, duplicate, and the new sessions."""
         written = Written()
         with self.conn.transaction(), self.conn.cursor() as cur:
+            # Before the key exchanges: one under the new root key creates a session under it.
+            commits = [
+                Commit(r.device_id, r.from_version, r.to_version, utc_from_ms(r.until_ms))
+                for r in outcome.rotations
+            ]
+            written.rotated = commit_rotations(cur, commits)
             self._key_exchanges(cur, outcome.key_exchanges, batch, now, written)
             frames = outcome.accepted + outcome.duplicates_seen
             new = self._ledger(cur, frames, now)
@@ -199,7 +207,13 @@ class TelemetryStore:
                 continue
             cur.execute(_SUPERSEDE, {"d": kx.device_id, "e": row[0], "now": now})
             record = SessionRecord(
-                kx.device_id, int(row[0]), req.device_nonce, kx.server_nonce, req.cid, None
+                kx.device_id,
+                int(row[0]),
+                req.device_nonce,
+                kx.server_nonce,
+                req.cid,
+                None,
+                req.drk_version,
             )
             written.sessions.append((kx, record))
 
