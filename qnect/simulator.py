@@ -9,6 +9,7 @@ clients with their own network threads; one driver thread paces publishing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import select
@@ -83,29 +84,34 @@ def telemetry_values(model: str, rng: random.Random) -> dict[str, object]:
     return {"motion": True, "media_ref": f"clips/{rng.randint(1, 10**9)}.mp4"}
 
 
+IoLock = contextlib.AbstractContextManager[Any]
+
+
 class Pump:
     """One network thread for all device connections of a fleet.
 
     paho's ``loop_start`` costs a thread per device and a wake-up syscall per publish; here
-    publishes are written directly by the publishing thread and a single thread reads.
+    publishes are written directly by the publishing thread and a single thread reads. Each
+    client has an I/O lock that both sides hold around socket calls: one TLS session must never
+    be read and written by two threads at once (OpenSSL's rule; broken records otherwise).
     """
 
     def __init__(self) -> None:
-        self._clients: set[paho.Client] = set()
+        self._clients: dict[paho.Client, IoLock] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sim-pump", daemon=True)
         self._thread.start()
 
-    def add(self, client: paho.Client) -> None:
-        """Serve *client* from now on."""
+    def add(self, client: paho.Client, io: IoLock) -> None:
+        """Serve *client* from now on; *io* guards its socket."""
         with self._lock:
-            self._clients.add(client)
+            self._clients[client] = io
 
     def remove(self, client: paho.Client) -> None:
         """Stop serving *client*."""
         with self._lock:
-            self._clients.discard(client)
+            self._clients.pop(client, None)
 
     def stop(self) -> None:
         """End the thread."""
@@ -116,16 +122,17 @@ class Pump:
         last_misc = time.monotonic()
         while not self._stop.is_set():
             with self._lock:
-                clients = list(self._clients)
+                clients = dict(self._clients)
             if not self._poll_once(clients):
                 time.sleep(0.02)
             if time.monotonic() - last_misc > 1.0:
                 last_misc = time.monotonic()
-                for client in clients:
-                    client.loop_misc()  # keepalive pings and timeouts
+                for client, io in clients.items():
+                    with io:
+                        client.loop_misc()  # keepalive pings and timeouts
 
     @staticmethod
-    def _poll_once(clients: list[paho.Client]) -> bool:
+    def _poll_once(clients: dict[paho.Client, IoLock]) -> bool:
         poller = select.poll()
         by_fd: dict[int, paho.Client] = {}
         for client in clients:
@@ -137,10 +144,12 @@ class Pump:
         if not by_fd:
             return False
         for fd, events in poller.poll(20):
-            if events & (select.POLLIN | select.POLLHUP | select.POLLERR):
-                by_fd[fd].loop_read(64)
-            if events & select.POLLOUT:
-                by_fd[fd].loop_write()
+            client = by_fd[fd]
+            with clients[client]:
+                if events & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                    client.loop_read(64)
+                if events & select.POLLOUT:
+                    client.loop_write()
         return True
 
 
@@ -175,7 +184,8 @@ class SimDevice:
     ) -> None:
         self._pump = pump or Pump()
         self.device_id: str = creds["device_id"]
-        self.client_id = f"sim-{self.device_id}"
+        self.client_id = self.device_id  # a dynsec broker pins each device's client id
+        self._mqtt_password: str | None = creds.get("mqtt_password")
         self.model: str = creds["model"]
         self.mac: str = creds["mac"]
         self.drk_version: int = creds["drk_version"]
@@ -198,6 +208,9 @@ class SimDevice:
         self.last_progress = time.monotonic()
         self.needs_rekey = False
         self._client: paho.Client | None = None
+        # Held around every socket call of this device's client; reentrant because callbacks
+        # (run by the pump under it) publish too.
+        self._io: IoLock = threading.RLock()
 
     def topic(self, kind: str) -> str:
         """Uplink topic of *kind*."""
@@ -223,13 +236,30 @@ class SimDevice:
         client.will_set(self.topic("status"), will, qos=1)
         client.max_inflight_messages_set(100)
         client.max_queued_messages_set(0)
+        if self._mqtt_password is not None:
+            client.username_pw_set(self.device_id, self._mqtt_password)
+        if self._address.tls:
+            client.tls_set(ca_certs=self._address.ca_file)
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
-        subscribed = threading.Event()
+        subscribed, answered = threading.Event(), threading.Event()
+        refused: list[str] = []
+
+        def on_connect(_c: object, _u: object, _f: object, reason: Any, _p: object) -> None:
+            if reason.is_failure:
+                refused.append(str(reason))
+            answered.set()
+
+        client.on_connect = on_connect
         client.on_subscribe = lambda *_args: subscribed.set()
-        client.connect(self._address.host, self._address.port, keepalive=30, clean_start=True)
-        self._pump.add(client)
-        client.subscribe(f"devices/{self.device_id}/down/#", qos=1)
+        with self._io:
+            client.connect(self._address.host, self._address.port, keepalive=30, clean_start=True)
+        self._pump.add(client, self._io)
+        if not answered.wait(KX_TIMEOUT_S) or refused:
+            self._pump.remove(client)
+            raise ConnectionRefusedError(refused[0] if refused else "no CONNACK")
+        with self._io:
+            client.subscribe(f"devices/{self.device_id}/down/#", qos=1)
         if not subscribed.wait(KX_TIMEOUT_S):
             self._pump.remove(client)
             raise TimeoutError("subscribe not acknowledged")
@@ -290,9 +320,8 @@ class SimDevice:
         self._tally.add(reconnects=1)
         with self._lock:
             pending = list(self.unconfirmed.values())
-        assert self._client is not None  # noqa: S101
         for topic, frame in pending:
-            self._client.publish(topic, frame, qos=1)
+            self.publish(topic, frame)
         self.needs_rekey = False
         self.last_progress = time.monotonic()
 
@@ -301,9 +330,10 @@ class SimDevice:
         if self._client is not None:
             client, self._client = self._client, None
             client.on_disconnect = None
-            client.disconnect()
             self._pump.remove(client)
-            client.loop_write()  # flush DISCONNECT; no loop thread does it for us
+            with self._io:
+                client.disconnect()
+                client.loop_write()  # flush DISCONNECT; no loop thread does it for us
 
     def _on_disconnect(self, *_args: object) -> None:
         self.needs_rekey = True
@@ -383,8 +413,9 @@ class SimDevice:
 
     def publish(self, topic: str, payload: bytes) -> None:
         """Publish raw bytes at QoS 1."""
-        if self._client is not None:
-            self._client.publish(topic, payload, qos=1)
+        if (client := self._client) is not None:
+            with self._io:
+                client.publish(topic, payload, qos=1)
 
     def value_point(self) -> str:
         """Name of the first data point whose values are numeric (NaN and range faults)."""
