@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,15 @@ from broker_bridge.mqtt_admin import DynsecAdmin
 from crypto import device_keys
 from crypto.broker_secrets import BrokerSecrets
 from crypto.keys import parse_root_key
+from crypto.pairing import proof as pairing_proof
+from device_registry.model import RegistryKeys, root_key_context
+from device_registry.postgres import provision
+from device_registry.postgres_pairing import activate, issue_token
+from privacy.postgres import create_household, create_subject
 from qnect.local_broker import dynsec_plugin, free_port, init_dynsec_file
 from qnect.local_tls import ensure_local_tls
 from qnect.simulator import SimDevice, Tally, run_fleet
-from tests.broker_bridge.stream import fleet
+from tests.broker_bridge.stream import Stream, fleet
 from tests.broker_bridge.test_presence import drop_connection, state, wait_state
 from tests.fix_bridge import REPO, bridge_env, qnect, qnect_json
 from tests.fix_mqtt import SecureBroker
@@ -438,3 +444,65 @@ def test_concurrent_admins_never_take_each_others_responses(secure_broker: Secur
             b = two.run([{"command": "listClients", "count": -1}])
             assert [r["command"] for r in a] == ["listRoles", "getDefaultACLAccess"], i
             assert [r["command"] for r in b] == ["listClients"], i
+
+
+def test_paired_device_gets_an_operational_key_and_the_factory_key_is_retired(
+    db_dsn: str, root_key_file: Path, secure_broker: SecureBroker, secure_bridge_factory: Any
+) -> None:
+    """Pairing gives the device an operational root key; the factory key is retired.
+
+    The bridge offers the staged key on the downlink while the device streams; nothing is
+    rejected; after the grace the factory key is destroyed.
+    """
+    keys = RegistryKeys.from_root_key(parse_root_key(root_key_file.read_text()))
+    now = datetime.now(UTC)
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        household = create_household(conn)
+        owner = create_subject(conn, keys.ring.kek(1), household, email="o@x.test", name=None)
+        cred = provision(conn, keys, "plug", 1)[0]
+        token = issue_token(conn, owner, household, now=now).token
+        ts_ms = int(now.timestamp() * 1000)
+        tag = pairing_proof(cred.root_key, cred.device_id, token, household, ts_ms)
+        done = activate(
+            conn,
+            keys.ring,
+            device_id=cred.device_id,
+            token=token,
+            household_id=household,
+            ts_ms=ts_ms,
+            proof=tag,
+            now=now,
+        )
+    assert done.operational_key_staged
+    creds = [cred.to_json()]
+    secure_broker.push(creds)
+    secure_bridge_factory(workers=1, QNECT_DRK_GRACE_S="2")
+    stream = Stream(creds, secure_broker.device_url, messages=120, rate=30, seed=3)
+    stream.start()
+    deadline = time.monotonic() + 30
+    query = "SELECT drk_version, drk_prev_version FROM devices WHERE device_id = %s"
+    while True:
+        with psycopg.connect(db_dsn) as conn:
+            row = conn.execute(query, (cred.device_id,)).fetchone()
+        if row == (2, 1):
+            break
+        assert time.monotonic() < deadline, f"not rotated: {row}"
+        time.sleep(0.2)
+    summary = stream.result()
+    assert summary["unconfirmed"] == 0, summary
+    assert _quarantined(db_dsn, cred.device_id) == 0
+    with psycopg.connect(db_dsn) as conn:
+        wrapped = conn.execute(
+            "SELECT root_key_wrapped FROM devices WHERE device_id = %s", (cred.device_id,)
+        ).fetchone()
+    assert wrapped is not None
+    operational = keys.ring.unwrap(wrapped[0], context=root_key_context(cred.device_id, 2))
+    assert operational != cred.root_key
+    time.sleep(2.5)
+    env = bridge_env(db_dsn, secure_broker, root_key_file)
+    qnect_json("keys", "destroy-expired", env=env)
+    with psycopg.connect(db_dsn) as conn:
+        gone = conn.execute(
+            "SELECT drk_prev_wrapped IS NULL FROM devices WHERE device_id = %s", (cred.device_id,)
+        ).fetchone()
+    assert gone == (True,)
