@@ -21,9 +21,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.errors import MalformedRequest
-from device_registry.errors import RegistryUnavailable
+from api.errors import (
+    AuthUnavailable,
+    Forbidden,
+    InvalidInput,
+    MalformedRequest,
+    PreconditionRequired,
+    ReauthenticationFailed,
+    Unauthenticated,
+)
+from device_registry.errors import (
+    NotVisible,
+    PreconditionFailed,
+    RegistryUnavailable,
+    VersionConflict,
+)
 from device_registry.pairing import PairingRefused
+from privacy.errors import AccessDenied, UnknownSubject
 
 log = structlog.get_logger("api.app")
 
@@ -46,6 +60,17 @@ ERRORS: Mapping[type[Exception], Problem] = {
     RequestValidationError: Problem(422, "invalid-request", "The request failed validation"),
     RegistryUnavailable: Problem(503, "unavailable", "The device registry is unavailable"),
     PairingRefused: Problem(403, "pairing-refused", "Activation refused"),
+    Unauthenticated: Problem(401, "unauthenticated", "Authentication required"),
+    AuthUnavailable: Problem(503, "auth-unavailable", "The identity provider is unavailable"),
+    Forbidden: Problem(403, "forbidden", "This role may not use this route"),
+    AccessDenied: Problem(403, "access-denied", "The purpose does not permit this read"),
+    ReauthenticationFailed: Problem(403, "reauthentication-failed", "Password confirmation failed"),
+    NotVisible: Problem(404, "not-found", "No such resource"),
+    UnknownSubject: Problem(404, "not-found", "No such resource"),
+    VersionConflict: Problem(409, "version-conflict", "The version has changed"),
+    PreconditionFailed: Problem(412, "precondition-failed", "If-Match does not match"),
+    PreconditionRequired: Problem(428, "precondition-required", "Send If-Match or a version"),
+    InvalidInput: Problem(422, "invalid-input", "The values were refused"),
 }
 _INTERNAL = Problem(500, "internal", "Internal error")
 
@@ -60,6 +85,8 @@ def problem_response(problem: Problem, detail: object = None) -> JSONResponse:
     if detail is not None:
         body["detail"] = detail
     headers = {"Retry-After": RETRY_AFTER_S} if problem.status == 503 else None
+    if problem.status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}  # RFC 6750 3: no error detail to an attacker
     return JSONResponse(body, problem.status, headers=headers, media_type=PROBLEM_JSON)
 
 
@@ -73,6 +100,10 @@ def _handler(problem: Problem) -> Callable[[Request, Exception], JSONResponse]:
             detail = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         elif isinstance(exc, PairingRefused):  # a stable reason code, never the token
             detail = {"reason": exc.reason.value}
+        elif isinstance(exc, VersionConflict):
+            detail = {"version": exc.current}
+        elif isinstance(exc, InvalidInput):  # composed by us from known names only
+            detail = exc.detail
         return problem_response(problem, detail)
 
     return handle

@@ -179,6 +179,34 @@ REGISTRY: dict[str, dict[str, FieldSpec]] = {
         "source": FieldSpec((C.PRIVACY_PREFERENCES,)),
         "at": FieldSpec((C.PRIVACY_PREFERENCES,)),
     },
+    "pairing_tokens": {
+        "token_hash": _sys(),
+        "subject_id": FieldSpec((C.ACCOUNT,)),
+        "household_id": FieldSpec((C.ACCOUNT,)),
+        **{k: _sys() for k in ("created_at", "expires_at", "used_at")},
+        "device_id": _REF,
+    },
+    # API accounts (0009): the login name only as a keyed hash, the password only as Argon2id.
+    "accounts": {
+        "account_id": FieldSpec((C.ACCOUNT,)),
+        "login_hash": FieldSpec((C.ACCOUNT,)),
+        "password_hash": FieldSpec((C.ACCOUNT,)),
+        "role": FieldSpec((C.ACCOUNT,)),
+        "subject_id": FieldSpec((C.ACCOUNT,)),
+        "oidc_subject": FieldSpec((C.ACCOUNT,)),
+        **{k: FieldSpec((C.ACCOUNT,)) for k in ("disabled", "failed_logins", "locked_until")},
+        "created_at": FieldSpec((C.ACCOUNT,)),
+    },
+    "refresh_tokens": {
+        "token_hash": _sys(),
+        "account_id": FieldSpec((C.ACCOUNT,)),
+        **{k: _sys() for k in ("family_id", "issued_at", "expires_at", "used_at", "revoked_at")},
+    },
+    "device_shadows": {
+        "device_id": _REF,
+        "desired": FieldSpec((C.DEVICE_TELEMETRY,)),
+        **{k: _sys() for k in ("version", "desired_at", "confirmed_at")},
+    },
     "erasure_tombstones": {"subject_hash": _sys(), "request_id": _sys(), "erased_at": _sys()},
     "dsr_requests": {
         "request_id": _sys(),

@@ -26,6 +26,7 @@ from privacy.postgres_audit import seal_pending
 from privacy.postgres_audit import verify as verify_audit
 from qnect import api_server, bench, broker, local_broker, simulator
 from qnect.bridge import supervise
+from qnect.cli_accounts import account_app
 from qnect.cli_auth import auth_hook
 from qnect.cli_broker import broker_app
 from qnect.cli_keys import register as register_key_rotation
@@ -54,6 +55,7 @@ app.add_typer(privacy_app, name="privacy")
 app.command("auth-hook")(auth_hook)
 app.add_typer(broker_app, name="broker")
 app.add_typer(pairing_app, name="pairing")
+app.add_typer(account_app, name="account")
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/qnect"
 LOCAL_DIR = Path("var")

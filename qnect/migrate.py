@@ -48,6 +48,7 @@ MIGRATIONS: list[tuple[str, Step]] = [
     ("0005_keys", _sql("0005_keys.sql")),
     ("0007_drk_rotation", _sql("0007_drk_rotation.sql")),
     ("0008_pairing", _sql("0008_pairing.sql")),
+    ("0009_accounts", _sql("0009_accounts.sql")),
 ]
 
 
