@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -67,6 +67,9 @@ class Scope:
     since: datetime = EPOCH
     until: datetime = datetime(9999, 1, 1, tzinfo=UTC)
     limit: int = MAX_ROWS
+    # Extra query parameters of a view that narrows further (one device, one data point, a
+    # bucket width); they can only narrow: the subjects still come from the decision above.
+    params: Mapping[str, object] = field(default_factory=dict)
 
 
 class Gate:
@@ -172,6 +175,7 @@ class Gate:
         if not permitted:
             return [], 0, ()
         params = {
+            **scope.params,
             "subjects": list(permitted),
             "since": scope.since,
             "until": scope.until,

@@ -1,12 +1,14 @@
 """``qnect api``: the HTTP API for devices, the app, operators and the DPO (composition).
 
-Today it serves device activation (``/v1/devices/{id}/activate``), ``/healthz`` and
-``/readyz``; the mobile, operator and DPO routes of issue 6 join here as further routers.
+It serves device activation (``/v1/devices/{id}/activate``), ``/healthz``, ``/readyz``,
+authentication (``/v1/auth``) and the mobile app (``/v1/me``); the operator and DPO routes
+join here as further routers, each guarded by ``Authenticator.requires(<role>)``.
 """
 
 from __future__ import annotations
 
 import signal
+from datetime import timedelta
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
@@ -14,14 +16,52 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.app import create_app
+from api.auth import AuthConfig, Authenticator, auth_router
+from api.me import me_router
+from api.oidc import OidcVerifier
 from api.pairing import pairing_router
+from api.tokens import LOGIN_INFO, SIGNING_INFO, Role, derive_key
+from broker_bridge.mqtt_desired import MqttDesiredPublisher
+from device_registry.postgres_accounts import PostgresAccounts
+from device_registry.postgres_home import PostgresHome
 from device_registry.postgres_identity import database_ready
 from device_registry.postgres_pairing import PostgresActivator
+from qnect import rights
 from qnect.settings import Settings
+from qnect.settings_api import ApiSettings
 
 
-def build_app(settings: Settings) -> FastAPI:
-    """The API app for *settings*."""
+def authenticator(settings: Settings, api: ApiSettings) -> Authenticator:
+    """Password logins and tokens, keys derived from the root key."""
+    root = settings.root_key()
+    oidc = api.oidc()
+    config = AuthConfig(
+        signing_seed=derive_key(root, SIGNING_INFO),
+        login_key=derive_key(root, LOGIN_INFO),
+        access_ttl_s=api.access_token_ttl_s,
+        refresh_ttl=timedelta(days=api.refresh_token_ttl_days),
+    )
+    accounts = PostgresAccounts(settings.database_url.get_secret_value())
+    return Authenticator(accounts, config, oidc=OidcVerifier(oidc) if oidc else None)
+
+
+def _app_routes(settings: Settings, auth: Authenticator) -> APIRouter:
+    privacy = rights.build(settings.root_key())
+    home = PostgresHome(
+        settings.database_url.get_secret_value(),
+        gate=privacy.gate,
+        rights=privacy.rights,
+        ring=privacy.ring,
+        audit_keys=privacy.audit_keys,
+        purposes=privacy.purposes,
+    )
+    publisher = MqttDesiredPublisher(settings.bridge_address())
+    return me_router(home, publisher, auth.requires(Role.USER), auth.confirm_password)
+
+
+def build_app(settings: Settings, api: ApiSettings | None = None) -> FastAPI:
+    """The API app for *settings* (*api* read from the environment when not given)."""
+    api = api or ApiSettings()
     dsn = settings.database_url.get_secret_value()
     ready = APIRouter(tags=["health"])
 
@@ -32,7 +72,9 @@ def build_app(settings: Settings) -> FastAPI:
         return JSONResponse({"status": "unavailable"}, status_code=503)
 
     activator = PostgresActivator(dsn, settings.kek_ring())
-    return create_app(routers=[ready, pairing_router(activator)], title="Qnect API")
+    auth = authenticator(settings, api)
+    routers = [ready, pairing_router(activator), auth_router(auth), _app_routes(settings, auth)]
+    return create_app(routers=routers, title="Qnect API")
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
