@@ -85,7 +85,17 @@ Conn = psycopg.Connection[Any]
 
 
 def timescale_available(conn: Conn) -> bool:
-    """Whether ``CREATE EXTENSION timescaledb`` succeeds here (it needs preloading)."""
+    """Whether ``CREATE EXTENSION timescaledb`` succeeds here (it needs preloading).
+
+    Asked before trying: with the extension installed but not preloaded, the server answers
+    ``CREATE EXTENSION`` with FATAL and closes the connection.
+    """
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'), "
+        "current_setting('shared_preload_libraries')"
+    ).fetchone()
+    if row is None or not row[0] or "timescaledb" not in str(row[1]):
+        return False
     try:
         with conn.transaction():
             conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")

@@ -18,7 +18,7 @@ from crypto import device_keys
 from qnect.simulator import SimDevice, Tally
 from tests.broker_bridge.stream import Stream, assert_complete, fleet
 from tests.fix_bridge import REPO, bridge_env, count, qnect, qnect_json
-from tests.fix_mqtt import Broker
+from tests.fix_mqtt import SecureBroker
 
 GRACE_S = 3.0  # short, so the test can watch the old key expire
 
@@ -41,15 +41,18 @@ def by_version(dsn: str, version: int) -> int:
 
 
 def test_fleet_rotation_during_a_live_stream_rejects_nothing(
-    db_dsn: str, broker: Broker, root_key_file: Path, bridge_factory: Any
+    db_dsn: str, secure_broker: SecureBroker, root_key_file: Path, secure_bridge_factory: Any
 ) -> None:
     """200 devices rotate mid-stream: no reject, all on version 2, every frame stored once."""
     creds = fleet(db_dsn, root_key_file, 40)
-    bridge_factory(workers=2)
-    stream = Stream(creds, broker.url, messages=150, rate=2000, seed=11, confirm_timeout_s=120)
+    secure_broker.push(creds)  # every device connects with its own credentials, over TLS
+    secure_bridge_factory(workers=2)
+    stream = Stream(
+        creds, secure_broker.device_url, messages=150, rate=2000, seed=11, confirm_timeout_s=120
+    )
     stream.start()
     wait_for("SELECT count(*) FROM device_state WHERE online", db_dsn, 200)
-    env = bridge_env(db_dsn, broker, root_key_file)
+    env = bridge_env(db_dsn, secure_broker, root_key_file)
     started = time.monotonic()
     result = qnect_json("keys", "rotate", "--all", "--batch", "100", env=env)
     took = time.monotonic() - started
@@ -96,16 +99,19 @@ def _reason(dsn: str, device_id: str, reason: str) -> str:
 
 
 def test_old_root_key_is_unusable_after_the_grace_period(
-    db_dsn: str, broker: Broker, root_key_file: Path, bridge_factory: Any
+    db_dsn: str, secure_broker: SecureBroker, root_key_file: Path, secure_bridge_factory: Any
 ) -> None:
     """Old-key session frames pass in the grace, then drk_destroyed; old-key kx: drk_superseded."""
     cred = next(c for c in fleet(db_dsn, root_key_file, 1) if c["model"] == "plug")
-    bridge_factory(workers=1, QNECT_DRK_GRACE_S=str(GRACE_S))
-    device = SimDevice(cred, BrokerAddress.parse(broker.url), Tally(), random.Random(5))
+    secure_broker.push([cred])
+    secure_bridge_factory(workers=1, QNECT_DRK_GRACE_S=str(GRACE_S))
+    device = SimDevice(
+        cred, BrokerAddress.parse(secure_broker.device_url), Tally(), random.Random(5)
+    )
     device.connect()
     old = device.sessions[device.epoch]
     old_kx_key = device_keys.kx_key(bytes.fromhex(cred["root_key"]), device.device_id)
-    env = bridge_env(db_dsn, broker, root_key_file)
+    env = bridge_env(db_dsn, secure_broker, root_key_file)
     with subprocess.Popen(
         [sys.executable, "-m", "qnect", "keys", "rotate", "--device", device.device_id],
         env=env,

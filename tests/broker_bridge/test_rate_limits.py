@@ -11,7 +11,7 @@ import psycopg
 from tests.broker_bridge.stream import fleet
 from tests.broker_bridge.test_robustness import _device, _wait_confirmed
 from tests.fix_bridge import bridge_env, qnect_json
-from tests.fix_mqtt import Broker
+from tests.fix_mqtt import SecureBroker
 
 BUFFERED = 600  # ten minutes of readings at 1 Hz
 FLOOD = 300
@@ -34,14 +34,15 @@ def _limited(dsn: str, device_id: str) -> int:
 
 
 def test_buffered_backlog_is_accepted_while_a_flood_is_limited(
-    db_dsn: str, broker: Broker, root_key_file: Path, bridge_factory: Any
+    db_dsn: str, secure_broker: SecureBroker, root_key_file: Path, secure_bridge_factory: Any
 ) -> None:
     """A device back after 10 minutes offline flushes all; a flooding device sees rate_limited."""
     creds = fleet(db_dsn, root_key_file, 1)
+    secure_broker.push(creds)
     limits = {"QNECT_RATE_LIVE_PER_S": "5", "QNECT_RATE_LIVE_BURST": "20"}
-    bridge_factory(workers=1, **limits)
-    returning = _device(creds, "plug", broker.url)
-    flooder = _device(creds, "thermostat", broker.url)
+    secure_bridge_factory(workers=1, **limits)
+    returning = _device(creds, "plug", secure_broker.device_url)
+    flooder = _device(creds, "thermostat", secure_broker.device_url)
     try:
         connected_ms = int(time.time() * 1000)
         for i in range(BUFFERED):  # stamped before this connection: backlog
@@ -68,7 +69,7 @@ def test_buffered_backlog_is_accepted_while_a_flood_is_limited(
             "SELECT count(*) FROM quarantine WHERE device_id = %s", (returning.device_id,)
         ).fetchone()
     assert quarantined == (0,)
-    env = bridge_env(db_dsn, broker, root_key_file)
+    env = bridge_env(db_dsn, secure_broker, root_key_file)
     stats = qnect_json("stats", "--device", flooder.device_id, "--json", env=env)
     assert stats["rejected"]["rate_limited"] == _limited(db_dsn, flooder.device_id) > 0
     assert stats["rate_limited_by_limit"] == {"live": stats["rejected"]["rate_limited"]}
