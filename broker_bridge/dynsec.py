@@ -17,7 +17,9 @@ that make the broker agree, so a broker restored from backup can be reconciled i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import base64
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,3 +205,65 @@ def errors_of(responses: Sequence[Mapping[str, Any]]) -> list[str]:
         for r in responses
         if "error" in r and r["error"] not in IDEMPOTENT_ERRORS
     ]
+
+
+# -- the dynsec file itself, for brokers that are stopped ----------------------------------
+# Mosquitto 2.0's dynsec stores PBKDF2-HMAC-SHA512 (64 bytes) over a 12-byte salt, 101
+# iterations, base64 (checked against a file `mosquitto_ctrl dynsec init` wrote). Writing the
+# file directly is O(n) where the online commands are O(n^2) (each one rewrites the file).
+HASH_ITERATIONS = 101
+SALT_BYTES = 12
+ADMIN = "admin"
+ADMIN_ROLE = "qnect-admin"
+# Only the control topic: unlike `mosquitto_ctrl dynsec init`'s admin, ours reads no device data.
+ADMIN_ACLS = [
+    _acl("publishClientSend", "$CONTROL/dynamic-security/#"),
+    _acl("publishClientReceive", "$CONTROL/dynamic-security/#"),
+    _acl("subscribePattern", "$CONTROL/dynamic-security/#"),
+]
+
+
+def hashed(password: str, salt: bytes) -> dict[str, object]:
+    """The password fields of a dynsec client."""
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, HASH_ITERATIONS, 64)
+    return {
+        "password": base64.b64encode(digest).decode(),
+        "salt": base64.b64encode(salt).decode(),
+        "iterations": HASH_ITERATIONS,
+    }
+
+
+def config_file(
+    admin_password: str,
+    services: Mapping[str, str],
+    devices: Mapping[str, str],
+    rand: Callable[[int], bytes],
+) -> dict[str, object]:
+    """A complete dynsec document: admin, service identities and every device, deny by default."""
+    clients: list[dict[str, object]] = [
+        {
+            "username": ADMIN,
+            "roles": [{"rolename": ADMIN_ROLE}],
+            **hashed(admin_password, rand(SALT_BYTES)),
+        }
+    ]
+    roles: list[dict[str, object]] = [{"rolename": ADMIN_ROLE, "acls": ADMIN_ACLS}]
+    for name, password in services.items():
+        role = SERVICE_ROLES[name]
+        roles.append({"rolename": role, "acls": service_acls(name)})
+        clients.append(
+            {"username": name, "roles": [{"rolename": role}], **hashed(password, rand(SALT_BYTES))}
+        )
+    for device_id, password in devices.items():
+        role = device_role(device_id)
+        roles.append({"rolename": role, "acls": device_acls(device_id)})
+        clients.append(
+            {
+                "username": device_id,
+                "clientid": device_id,
+                "roles": [{"rolename": role}],
+                **hashed(password, rand(SALT_BYTES)),
+            }
+        )
+    default = {str(a["acltype"]): a["allow"] for a in DEFAULT_ACCESS}
+    return {"defaultACLAccess": default, "clients": clients, "groups": [], "roles": roles}

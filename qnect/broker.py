@@ -7,8 +7,10 @@ and services are created, revoked or unknown devices removed, existing clients l
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import structlog
@@ -17,6 +19,7 @@ from broker_bridge.dynsec import (
     BRIDGE,
     LOADGEN,
     SyncPlan,
+    config_file,
     create_device,
     delete_device,
     plan_sync,
@@ -24,6 +27,7 @@ from broker_bridge.dynsec import (
 from broker_bridge.mqtt import BrokerAddress
 from broker_bridge.mqtt_admin import DynsecAdmin
 from device_registry.postgres_identity import broker_identities, revoke_device
+from qnect.local_broker import write_dynsec_file
 from qnect.settings import Settings
 
 log = structlog.get_logger("qnect.broker")
@@ -52,6 +56,22 @@ def sync(
         client.run(plan.commands)
     log.info("broker.synced", created=plan.created, removed=plan.removed)
     return plan
+
+
+def write_offline(settings: Settings, path: Path, *, services: Sequence[str] = (BRIDGE,)) -> int:
+    """Write a complete dynsec file from the registry for a *stopped* broker; returns devices.
+
+    O(n) where the online commands are O(n²) (every command rewrites the broker's file): the
+    way to restore or seed a broker with a large fleet. Revoked devices are simply absent.
+    """
+    keys = settings.registry_keys()
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        active, _revoked = broker_identities(conn, keys)
+    passwords = {name: keys.broker.service(name) for name in services}
+    document = config_file(keys.broker.service("admin"), passwords, active, os.urandom)
+    write_dynsec_file(path, document)
+    log.info("broker.written_offline", devices=len(active))
+    return len(active)
 
 
 def push_devices(

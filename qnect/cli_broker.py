@@ -35,8 +35,20 @@ def broker_init(
 
 
 @broker_app.command("sync")
-def broker_sync() -> None:
+def broker_sync(
+    offline: Annotated[
+        Path | None,
+        typer.Option(
+            "--offline",
+            help="Write this dynsec.json instead (broker stopped): O(n), for large fleets.",
+        ),
+    ] = None,
+) -> None:
     """Reconcile the broker with the registry: create missing identities, remove revoked ones."""
+    if offline is not None:
+        devices = broker.write_offline(_settings(), offline)
+        typer.echo(json.dumps({"written": str(offline), "devices": devices}))
+        return
     try:
         plan = broker.sync(_settings())
     except (BrokerAdminError, OSError) as exc:

@@ -10,12 +10,15 @@ their own.
 from __future__ import annotations
 
 import getpass
+import json
+import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+from broker_bridge.dynsec import config_file
 from qnect.local_tls import TlsFiles
 
 SECURE_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "local.conf"
@@ -50,15 +53,19 @@ def init_dynsec(data_dir: Path, admin_password: str) -> None:
 
 
 def init_dynsec_file(path: Path, admin_password: str) -> None:
-    """Create a dynsec file at *path* whose only identity is ``admin``."""
-    ctrl = shutil.which("mosquitto_ctrl") or "/usr/bin/mosquitto_ctrl"
-    subprocess.run(  # noqa: S603 - fixed binary, our own arguments
-        [ctrl, "dynsec", "init", str(path), "admin", admin_password],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    path.chmod(0o600)
+    """Create a dynsec file at *path* whose only identity is ``admin`` (control topic only)."""
+    write_dynsec_file(path, config_file(admin_password, {}, {}, os.urandom))
+
+
+def write_dynsec_file(path: Path, document: dict[str, object]) -> None:
+    """Write a dynsec document atomically with mode 0600 (the broker must not be running)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(document, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
 
 
 def _tls_block(tls: TlsFiles | None, tls_port: int | None) -> str:
