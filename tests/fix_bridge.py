@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ import psycopg
 import pytest
 
 from qnect.bridge import worker_pids
+from qnect.local_broker import free_port
 from tests.fix_mqtt import Broker, SecureBroker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,3 +147,31 @@ def qnect_json(*args: str, env: dict[str, str]) -> Any:
     out = qnect(*args, env=env)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def api_process(env: dict[str, str]) -> Iterator[str]:
+    """Run `qnect api` on a free loopback port; yields its base URL; SIGTERM must exit 0."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qnect", "api", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert proc.poll() is None, "qnect api exited"
+                assert time.monotonic() < deadline, "qnect api did not listen"
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        code = proc.wait(10)
+    assert code == 0, f"qnect api exited {code} on SIGTERM"

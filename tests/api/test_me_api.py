@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -30,11 +27,10 @@ from api.tokens import SIGNING_INFO, AccessTokens, Principal, Role, derive_key
 from crypto.keys import parse_root_key
 from device_registry.model import RegistryKeys
 from qnect.api_server import build_app
-from qnect.local_broker import free_port
 from qnect.settings import Settings
 from qnect.settings_api import ApiSettings
 from tests.api.home import Member, bearer, deny_events, login, new_member, staff
-from tests.fix_bridge import REPO
+from tests.fix_bridge import api_process
 from tests.fix_mqtt import Broker
 
 
@@ -331,25 +327,7 @@ def test_real_qnect_api_process(
         QNECT_ROOT_KEY_FILE=str(root_key_file),
         QNECT_MQTT_URL=broker.url,
     )
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qnect", "api", "--port", str(port)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    api = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, "qnect api exited"
-                assert time.monotonic() < deadline, "qnect api did not listen"
-                time.sleep(0.1)
+    with api_process(env) as api:
         form = b"username=dave&password=correct+horse+battery+staple"
         request = urllib.request.Request(f"{api}/v1/auth/token", data=form)  # noqa: S310
         with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
@@ -366,7 +344,4 @@ def test_real_qnect_api_process(
             urllib.request.urlopen(foreign, timeout=10)  # noqa: S310
         assert refused.value.code == 404
         refused.value.close()
-    finally:
-        proc.terminate()
-        assert proc.wait(10) == 0
     assert deny_events(db_dsn, dave.account) == 1

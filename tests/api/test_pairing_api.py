@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,10 +21,9 @@ from device_registry.model import RegistryKeys
 from device_registry.postgres import provision
 from privacy.postgres import create_household, create_subject
 from qnect.api_server import build_app
-from qnect.local_broker import free_port
 from qnect.settings import Settings
 from qnect.sim_activation import activate
-from tests.fix_bridge import REPO, qnect_json
+from tests.fix_bridge import api_process, qnect_json
 
 
 @pytest.fixture(scope="module")
@@ -158,32 +154,11 @@ def test_qnect_api_serves_a_real_device_activation(
     household, subject = user(db_dsn, keys)
     token = qnect_json("pairing", "token", "--subject", subject, "--household", household, env=env)
     creds = new_device(db_dsn, keys)
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qnect", "api", "--port", str(port)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, "qnect api exited"
-                assert time.monotonic() < deadline, "qnect api did not listen"
-                time.sleep(0.1)
-        api = f"http://127.0.0.1:{port}"
+    with api_process(env) as api:
         status, answer = activate(api, creds, token["token"], household)
         assert (status, answer["operational_key"]) == (200, "offered_on_connect")
         status, answer = activate(api, creds, token["token"], household)
         assert (status, answer["detail"]["reason"]) == (403, "pair_token_used")
-    finally:
-        proc.terminate()
-        assert proc.wait(10) == 0
     with psycopg.connect(db_dsn) as conn:
         owner = conn.execute(
             "SELECT subject_id FROM bindings WHERE device_id = %s AND unbound_at IS NULL",
