@@ -27,6 +27,7 @@ from device_registry.postgres_home import PostgresHome
 from device_registry.postgres_identity import database_ready
 from device_registry.postgres_pairing import PostgresActivator
 from qnect import rights
+from qnect.api_staff import staff_routers
 from qnect.settings import Settings
 from qnect.settings_api import ApiSettings
 
@@ -74,6 +75,7 @@ def build_app(settings: Settings, api: ApiSettings | None = None) -> FastAPI:
     activator = PostgresActivator(dsn, settings.kek_ring())
     auth = authenticator(settings, api)
     routers = [ready, pairing_router(activator), auth_router(auth), _app_routes(settings, auth)]
+    routers += staff_routers(settings, auth)  # /v1/ops, /v1/support, /v1/dpo
     return create_app(routers=routers, title="Qnect API")
 
 
