@@ -99,6 +99,7 @@ class BridgeClient:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"mqtt-{client_id}", daemon=True)
         self.connected = threading.Event()
+        self.connections = 0  # sessions established (CONNACK success); more than 1: reconnects
 
     # -- worker side -------------------------------------------------------------------------
     def start(self) -> None:
@@ -121,6 +122,11 @@ class BridgeClient:
         """Connected with nothing waiting in the inbox."""
         with self._ready:
             return self.connected.is_set() and not self._inbox
+
+    def pending(self) -> int:
+        """Messages received and not yet taken by the worker."""
+        with self._ready:
+            return len(self._inbox)
 
     def take(self, max_items: int, linger_s: float, wait_s: float) -> list[Inbound]:
         """Wait up to *wait_s* for a first message, then up to *linger_s* to fill a batch."""
@@ -271,6 +277,7 @@ class BridgeClient:
         if isinstance(packet, mqtt5.ConnAckPacket):
             if packet.reason_code != mqtt5.ConnAckReasonCode.SUCCESS:
                 raise ConnectionError(f"CONNACK {packet.reason_code.name}")
+            self.connections += 1
             self._send(self._subscription())
         elif isinstance(packet, mqtt5.SubAckPacket | mqtt5.UnsubAckPacket):
             refused = [code for code in packet.reason_codes if int(code) >= 0x80]

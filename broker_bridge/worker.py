@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import stamina
 import structlog
 
+from broker_bridge.metrics import WorkerMetrics
 from broker_bridge.mqtt import BridgeClient
 from broker_bridge.receipts import receipt_topic, seal_receipt
 from crypto.device_keys import MAX_COUNTER, encode_kx_response
@@ -63,6 +64,7 @@ class Worker:
         source: DeviceSource,
         ring: KekRing,
         config: WorkerConfig,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._client = client
         self._db = database
@@ -77,6 +79,8 @@ class Worker:
         # overlap with probability about n / 2**62.
         self._receipt_counter = int.from_bytes(os.urandom(8), "big") >> 1
         self.batches = 0
+        self._metrics = metrics or WorkerMetrics(0)
+        self._counted = (0, 0, 0)  # (connections, cache hits, cache misses) already exported
 
     def run(self, stop: threading.Event, *, drain: bool = False) -> None:
         """Process batches until *stop* is set; the batch in hand is finished and acked.
@@ -88,9 +92,11 @@ class Worker:
         try:
             while not stop.is_set():
                 batch = self._client.take(self._config.batch_max, self._config.linger_s, 0.25)
+                self._metrics.inbox_depth.set(self._client.pending() + len(batch))
                 if batch:
                     self._handle(batch, stop)
                     quiet_since = None
+                    self._metrics.inbox_depth.set(self._client.pending())
                 elif drain and self._client.idle():
                     quiet_since = quiet_since or time.monotonic()
                     if time.monotonic() - quiet_since > DRAIN_QUIET_S:
@@ -101,6 +107,7 @@ class Worker:
                     self._seal()
                 if time.monotonic() >= self._next_offer:
                     self._offer()
+                self._export_counts()
         finally:
             self._client.stop(end_session=drain and not stop.is_set())
             self._db.close()
@@ -111,7 +118,21 @@ class Worker:
             self._maintain()
         now = datetime.now(UTC)
         outcome = self._pipeline.process(batch, now_ms=int(now.timestamp() * 1000))
-        return self._db.write(batch, outcome, now=now), outcome
+        started = time.perf_counter()
+        written = self._db.write(batch, outcome, now=now)
+        self._metrics.commit_seconds.observe(time.perf_counter() - started)  # committed only
+        return written, outcome
+
+    def _export_counts(self) -> None:
+        """Move what the client and the cache counted since the last call into the metrics."""
+        connections = self._client.connections
+        hits, misses = self._directory.hits, self._directory.misses
+        before = self._counted
+        if connections > 1:  # the first connection is not a reconnection
+            self._metrics.reconnects.inc(connections - max(before[0], 1))
+        self._metrics.cache_hits.inc(hits - before[1])
+        self._metrics.cache_misses.inc(misses - before[2])
+        self._counted = (max(connections, 1), hits, misses)
 
     def _write(self, batch: list[Inbound], stop: threading.Event) -> tuple[Written, Outcome] | None:
         """Process and commit, retrying while the database is away; None if told to stop."""
@@ -147,6 +168,7 @@ class Worker:
         self._after_commit(written)
         acked = self._client.ack(batch)
         self.batches += 1
+        self._metrics.committed(batch, outcome, written)
         log.info(
             "bridge.batch",
             messages=len(batch),

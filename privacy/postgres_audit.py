@@ -17,8 +17,10 @@ from itertools import islice
 from typing import Any, LiteralString
 
 import psycopg
+from prometheus_client import Counter
 
 from privacy.audit import (
+    DECISIONS,
     GENESIS_SEAL_HASH,
     AuditEvent,
     AuditKeys,
@@ -33,6 +35,13 @@ from privacy.audit import (
 from privacy.errors import AuditUnavailable, InvalidAuditEvent
 
 Conn = psycopg.Connection[Any]
+
+# qnect_audit_events_total (deploy/metrics.md), by decision: process-wide like a logger, so the
+# API and the bridge expose what their processes wrote. Counted at the insert: an event whose
+# transaction is then rolled back (and whose read therefore returned nothing) counts as well.
+AUDIT_EVENTS = Counter("qnect_audit_events", "Audit events written, by decision", ["decision"])
+for _decision in sorted(DECISIONS):
+    AUDIT_EVENTS.labels(_decision)  # every decision's series exists from the start, at 0
 
 SEAL_LOCK = 0x716E6164  # advisory lock id of the sealer ("qnad"); migrations use 0x716E6D67
 FETCH_ROWS = 2000  # rows per server-side fetch: bounded memory, few round trips
@@ -129,6 +138,7 @@ def write_event(conn: Conn, keys: AuditKeys, event: AuditEvent) -> int:
         raise AuditUnavailable("audit event not written") from exc
     if row is None:  # INSERT ... RETURNING yields the row; anything else is not a write
         raise AuditUnavailable("audit event not written")
+    AUDIT_EVENTS.labels(event.decision).inc()
     return int(row[0])
 
 

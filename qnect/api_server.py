@@ -10,7 +10,6 @@ from __future__ import annotations
 import signal
 from datetime import timedelta
 
-import uvicorn
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -26,8 +25,7 @@ from device_registry.postgres_accounts import PostgresAccounts
 from device_registry.postgres_home import PostgresHome
 from device_registry.postgres_identity import database_ready
 from device_registry.postgres_pairing import PostgresActivator
-from qnect import rights
-from qnect.api_staff import staff_routers
+from qnect import api_shutdown, rights
 from qnect.settings import Settings
 from qnect.settings_api import ApiSettings
 
@@ -75,14 +73,13 @@ def build_app(settings: Settings, api: ApiSettings | None = None) -> FastAPI:
     activator = PostgresActivator(dsn, settings.kek_ring())
     auth = authenticator(settings, api)
     routers = [ready, pairing_router(activator), auth_router(auth), _app_routes(settings, auth)]
-    routers += staff_routers(settings, auth)  # /v1/ops, /v1/support, /v1/dpo
     return create_app(routers=routers, title="Qnect API")
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
-    """Run the API with uvicorn until SIGTERM: it stops accepting, drains, and we exit 0."""
+    """Run the API until SIGTERM: /readyz 503 first, then it stops accepting, drains, exits 0."""
     # uvicorn re-raises the signal it shut down for once it restores the previous handlers;
     # with these no-op handlers that ends in a normal exit (0), not death by signal.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    uvicorn.run(build_app(settings), host=host, port=port, log_config=None, access_log=False)
+    api_shutdown.run(build_app(settings), host, port, drain_s=settings.api_drain_s)

@@ -180,7 +180,10 @@ def device_find(
 
 @app.command("bridge")
 def bridge_cmd(
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(min=0, help="Worker processes; 0 drains this member's sessions and exits."),
+    ] = 1,
     batch: Annotated[int, typer.Option(min=1, help="Max messages per transaction.")] = 4000,
 ) -> None:
     """Run bridge workers until SIGTERM; the batch in hand is finished and acked."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 from typing import Literal
@@ -48,6 +49,18 @@ class Settings(BaseSettings):
     rate_backlog_per_s: float = Field(default=1_000.0, gt=0)
     rate_backlog_burst: float = Field(default=50_000.0, ge=1)
     presence_stale_s: float = Field(default=900.0, gt=0)  # no frame this long: swept offline
+    # This deployment member's name in its MQTT session ids (qnect-bridge-<name>-<index>):
+    # unique per `qnect bridge` on one broker, and stable across its restarts, since a member
+    # resumes (and drains) only the sessions under its own name.
+    bridge_name: str = Field(
+        default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+    )
+    # `qnect bridge` serves /metrics, /readyz and /healthz here when the port is set.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # `qnect api`: after SIGTERM /readyz answers 503 this long before the server stops
+    # accepting, so a load balancer takes it out of rotation first.
+    api_drain_s: float = Field(default=2.0, ge=0)
 
     @model_validator(mode="after")
     def _one_root_key(self) -> Settings:

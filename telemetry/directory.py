@@ -75,6 +75,8 @@ class Directory:
         self._broken: set[str] = set()
         self._root_gone: set[tuple[str, int]] = set()  # sessions whose root key is destroyed
         self._revoked: set[str] = set()
+        self.hits = 0  # lookups answered from the cache, for the worker's metrics
+        self.misses = 0  # lookups that went to the source
 
     def prepare(
         self,
@@ -86,30 +88,37 @@ class Directory:
         refresh: Iterable[str] = (),
     ) -> None:
         """Load whatever a batch needs that is missing or expired (or in *refresh*), in bulk."""
+        ids, epoch_keys, cid_keys = set(device_ids), set(epochs), set(cids)
         stale = {
             d
-            for d in device_ids
+            for d in ids
             if (e := self._devices.get(d)) is None or now_ms - e.loaded_ms > self._ttl_ms
         }
         stale.update(refresh)
         # A frame under an epoch newer than the cached one means another worker re-keyed it.
         stale.update(
             d
-            for d, epoch in epochs
+            for d, epoch in epoch_keys
             if (e := self._devices.get(d)) is not None
             and e.context is not None
             and epoch > e.context.current_epoch
         )
+        self.misses += len(stale)
+        self.hits += len(ids - stale)
         if stale:
             records = self._source.devices(stale)
             for device_id in stale:
                 record = records.get(device_id)
                 self._put_device(device_id, _Entry(self._open(record), now_ms))
-        missing = {k for k in epochs if k not in self._sessions}
+        missing = {k for k in epoch_keys if k not in self._sessions}
+        self.misses += len(missing)
+        self.hits += len(epoch_keys) - len(missing)
         if missing:
             for key, session in self._source.sessions(missing).items():
                 self._put_session(key, session)
-        missing_cid = {k for k in cids if k not in self._by_cid}
+        missing_cid = {k for k in cid_keys if k not in self._by_cid}
+        self.misses += len(missing_cid)
+        self.hits += len(cid_keys) - len(missing_cid)
         if missing_cid:
             for (device_id, cid), session in self._source.sessions_by_cid(missing_cid).items():
                 self._by_cid[(device_id, cid)] = session.epoch

@@ -490,6 +490,18 @@ class Database:
             (client_id,),
         )
 
+    def lock_session(self, client_id: str) -> bool:
+        """Take the advisory lock of a session to drain, held while this connection lives.
+
+        Returns False when another process holds it (another ``qnect bridge`` drains it).
+        """
+        self.open()
+        assert self.conn is not None  # noqa: S101 - open() connected
+        digest = hashlib.sha256(b"qnect-bridge-drain\0" + client_id.encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        return bool(row and row[0])
+
     def retire_session(self, client_id: str) -> None:
         """Forget a bridge session that was drained and ended."""
         self.open()
@@ -501,6 +513,21 @@ class Database:
         self.open()
         assert self.conn is not None  # noqa: S101
         return [r[0] for r in self.conn.execute("SELECT client_id FROM bridge_sessions")]
+
+    def devices_online(self) -> int:
+        """How many devices the presence state holds online (the bridge's gauge).
+
+        Raises:
+            Unavailable: the database cannot be reached.
+        """
+        self.open()
+        assert self.conn is not None  # noqa: S101 - open() connected
+        try:
+            row = self.conn.execute("SELECT count(*) FROM device_state WHERE online").fetchone()
+        except psycopg.Error as exc:
+            self.close()
+            raise Unavailable(type(exc).__name__) from exc
+        return int(row[0]) if row else 0
 
     def close(self) -> None:
         """Drop the connection (a later call reconnects)."""

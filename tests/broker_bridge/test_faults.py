@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -12,8 +13,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from qnect.local_broker import free_port
 from tests.broker_bridge.stream import Stream, assert_complete, fleet
 from tests.fix_mqtt import Broker
+from tests.qnect.ops import get, wait_status
 
 pytestmark = pytest.mark.fault
 
@@ -158,13 +161,37 @@ def assert_complete_after(
 def test_sigterm_mid_stream_acks_what_it_stored_and_a_new_bridge_takes_over(
     db_dsn: str, broker: Broker, root_key_file: Path, bridge_factory: Any
 ) -> None:
-    """SIGTERM mid-stream: the bridge exits 0; a new one resumes the sessions; 0 lost."""
+    """SIGTERM mid-stream: readiness drops first, exit 0 within 10 s; a new bridge resumes; 0 lost.
+
+    Every frame is confirmed after the restart and stored exactly once.
+    """
     before = stored(db_dsn)
     creds = fleet(db_dsn, root_key_file, 40)
-    bridge = bridge_factory(workers=2)
+    port = free_port()
+    bridge = bridge_factory(workers=2, QNECT_METRICS_PORT=str(port))
+    wait_status(f"http://127.0.0.1:{port}/readyz")
     stream = Stream(creds, broker.url, messages=100, seed=16, confirm_timeout_s=180)
     stream.start()
     wait_stored(db_dsn, before + 5_000, stream)
-    assert bridge.stop() == 0
+    assert bridge.proc is not None
+    proc = bridge.proc
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    answers = set()
+    while proc.poll() is None and time.monotonic() - started < 15:
+        try:
+            answers.add(get(f"http://127.0.0.1:{port}/readyz", timeout=1)[0])
+        except OSError:
+            answers.add(0)  # the endpoint is gone: the supervisor is exiting
+        time.sleep(0.02)
+    code = proc.wait(15)
+    elapsed = time.monotonic() - started
+    bridge.proc = None
+    assert code == 0
+    assert elapsed < 10, f"the bridge took {elapsed:.1f} s to stop"
+    assert 503 in answers, answers
+    assert stream.is_alive(), "the stream must still be running when the new bridge starts"
     bridge_factory(workers=2)
     assert_complete_after(db_dsn, creds, stream.result(), before)
+    log = bridge.log_path.read_text()
+    assert '"killed": 0' in log, "a worker had to be killed"

@@ -190,9 +190,12 @@ def test_workers_share_one_subscription(compose) -> None:
     command = _command(bridge)
     assert command[1] == "--workers"
     assert command[2] == "${QNECT_BRIDGE_WORKERS:-2}"
-    # Session names are qnect-bridge-<index> per `qnect bridge`: a second replica would take
-    # over the first one's sessions (deploy/scale-out.md).
+    # Session names are qnect-bridge-<name>-<index>: a fixed name survives re-creation of the
+    # container (the default, the host name, would not), and replicas would share it
+    # (deploy/scale-out.md).
+    assert _env(bridge)["QNECT_BRIDGE_NAME"] == "compose"
     assert bridge["deploy"]["replicas"] == 1
+    assert _env(bridge)["QNECT_METRICS_PORT"] == "9210"
     urls = {_env(s).get("QNECT_MQTT_URL") for s in compose["services"].values()} - {None}
     assert urls == {"mqtt://mosquitto:1883"}, "every qnect process on the same broker"
 
