@@ -32,6 +32,8 @@ from api.errors import (
 )
 from api.metrics import metrics_router
 from device_registry.errors import (
+    CampaignConflict,
+    FirmwareRejected,
     NotVisible,
     PreconditionFailed,
     RegistryUnavailable,
@@ -72,6 +74,8 @@ ERRORS: Mapping[type[Exception], Problem] = {
     PreconditionFailed: Problem(412, "precondition-failed", "If-Match does not match"),
     PreconditionRequired: Problem(428, "precondition-required", "Send If-Match or a version"),
     InvalidInput: Problem(422, "invalid-input", "The values were refused"),
+    FirmwareRejected: Problem(422, "firmware-rejected", "Firmware or campaign refused"),
+    CampaignConflict: Problem(409, "campaign-conflict", "Not allowed in the campaign's status"),
 }
 _INTERNAL = Problem(500, "internal", "Internal error")
 
@@ -105,6 +109,10 @@ def _handler(problem: Problem) -> Callable[[Request, Exception], JSONResponse]:
             detail = {"version": exc.current}
         elif isinstance(exc, InvalidInput):  # composed by us from known names only
             detail = exc.detail
+        elif isinstance(exc, FirmwareRejected):  # a stable reason and our own wording
+            detail = {"reason": exc.reason, "detail": exc.detail}
+        elif isinstance(exc, CampaignConflict):
+            detail = {"status": exc.status}
         return problem_response(problem, detail)
 
     return handle

@@ -71,3 +71,23 @@ class UnknownKeyVersion(TokenError):
     """The token names a device root-key version the server holds no key for."""
 
     reason = "token_unknown_key_version"
+
+
+class BadSignature(CryptoError):
+    """A firmware manifest's signature does not verify under the release key (or is absent)."""
+
+
+class MalformedManifest(CryptoError):
+    """A firmware manifest is not the canonical, complete, well-typed document it must be."""
+
+
+class FirmwareRefused(CryptoError):
+    """A verified manifest a device must not install; ``reason`` is a stable code.
+
+    Reasons: ``incompatible_model``, ``rollback_seq``, ``rollback_version``,
+    ``below_min_version``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -36,3 +36,25 @@ class VersionConflict(RegistryError):
 
 class PreconditionFailed(VersionConflict):
     """The same, where the expected version came from an ``If-Match`` precondition."""
+
+
+class FirmwareRejected(RegistryError):
+    """An artifact upload or campaign the registry refuses; ``reason`` is a stable code.
+
+    Upload reasons: ``bad_signature``, ``malformed_manifest``, ``size_mismatch``,
+    ``digest_mismatch``, ``seq_not_increasing``, ``version_exists``, ``no_release_key``;
+    campaign reasons: ``unknown_model``, ``bad_waves``, ``bad_range``, ``model_not_in_manifest``.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class CampaignConflict(RegistryError):
+    """A campaign action that its current status does not allow (pause a completed one)."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"campaign is {status}")
+        self.status = status

@@ -186,6 +186,64 @@ REGISTRY: dict[str, dict[str, FieldSpec]] = {
         **{k: _sys() for k in ("created_at", "expires_at", "used_at")},
         "device_id": _REF,
     },
+    # Firmware and OTA campaigns (0010): fleet operations; the operator who acted by account id.
+    "firmware_artifacts": {
+        **{
+            k: _sys()
+            for k in [
+                "artifact_id",
+                "version",
+                "seq",
+                "models",
+                "min_version",
+                "size",
+                "sha256",
+                "manifest",
+                "signature",
+                "content",
+                "created_at",
+            ]
+        },
+        "created_by": FieldSpec((C.ACCOUNT,)),
+    },
+    "ota_campaigns": {
+        **{
+            k: _sys()
+            for k in [
+                "campaign_id",
+                "name",
+                "artifact_id",
+                "model",
+                "from_min",
+                "from_max",
+                "waves",
+                "failure_threshold",
+                "status",
+                "current_wave",
+                "wave_started_at",
+                "halted_wave",
+                "created_at",
+                "finished_at",
+            ]
+        },
+        "created_by": FieldSpec((C.ACCOUNT,)),
+    },
+    "ota_devices": {
+        "device_id": _REF,
+        **{
+            k: _sys()
+            for k in [
+                "campaign_id",
+                "wave",
+                "state",
+                "received",
+                "reason",
+                "offers",
+                "offered_at",
+                "updated_at",
+            ]
+        },
+    },
     # API accounts (0009): the login name only as a keyed hash, the password only as Argon2id.
     "accounts": {
         "account_id": FieldSpec((C.ACCOUNT,)),

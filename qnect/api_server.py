@@ -16,12 +16,14 @@ from starlette.concurrency import run_in_threadpool
 
 from api.app import create_app
 from api.auth import AuthConfig, Authenticator, auth_router
+from api.firmware import firmware_router
 from api.me import me_router
 from api.oidc import OidcVerifier
 from api.pairing import pairing_router
 from api.tokens import LOGIN_INFO, SIGNING_INFO, Role, derive_key
 from broker_bridge.mqtt_desired import MqttDesiredPublisher
 from device_registry.postgres_accounts import PostgresAccounts
+from device_registry.postgres_firmware import PostgresFirmware
 from device_registry.postgres_home import PostgresHome
 from device_registry.postgres_identity import database_ready
 from device_registry.postgres_pairing import PostgresActivator
@@ -72,7 +74,9 @@ def build_app(settings: Settings, api: ApiSettings | None = None) -> FastAPI:
 
     activator = PostgresActivator(dsn, settings.kek_ring())
     auth = authenticator(settings, api)
+    firmware = PostgresFirmware(dsn, settings.ota_release_key())
     routers = [ready, pairing_router(activator), auth_router(auth), _app_routes(settings, auth)]
+    routers.append(firmware_router(firmware, auth.requires(Role.OPERATOR)))
     return create_app(routers=routers, title="Qnect API")
 
 

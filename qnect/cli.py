@@ -30,6 +30,7 @@ from qnect.cli_accounts import account_app
 from qnect.cli_auth import auth_hook
 from qnect.cli_broker import broker_app
 from qnect.cli_keys import register as register_key_rotation
+from qnect.cli_ota import ota_app
 from qnect.cli_pairing import pairing_app
 from qnect.cli_privacy import privacy_app, subject_app
 from qnect.local_tls import ensure_local_tls
@@ -56,6 +57,7 @@ app.command("auth-hook")(auth_hook)
 app.add_typer(broker_app, name="broker")
 app.add_typer(pairing_app, name="pairing")
 app.add_typer(account_app, name="account")
+app.add_typer(ota_app, name="ota")
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/qnect"
 LOCAL_DIR = Path("var")

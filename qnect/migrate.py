@@ -49,6 +49,7 @@ MIGRATIONS: list[tuple[str, Step]] = [
     ("0007_drk_rotation", _sql("0007_drk_rotation.sql")),
     ("0008_pairing", _sql("0008_pairing.sql")),
     ("0009_accounts", _sql("0009_accounts.sql")),
+    ("0010_ota", _sql("0010_ota.sql")),
 ]
 
 

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from broker_bridge.dynsec import BRIDGE
 from broker_bridge.mqtt import BrokerAddress
 from crypto.broker_secrets import service_password
+from crypto.firmware import parse_public_key
 from crypto.keys import KekRing, parse_root_key
 from device_registry.model import RegistryKeys
 from telemetry.ratelimit import RateConfig
@@ -62,6 +63,10 @@ class Settings(BaseSettings):
     # accepting, so a load balancer takes it out of rotation first.
     api_drain_s: float = Field(default=2.0, ge=0)
 
+    # OTA: the release public key firmware manifests must verify under (64 hex digits; a
+    # public key, so not a secret; unset: uploads are refused).
+    ota_release_pubkey: str | None = None
+
     @model_validator(mode="after")
     def _one_root_key(self) -> Settings:
         if (self.root_key_file is None) == (self.root_key_hex is None):
@@ -95,6 +100,12 @@ class Settings(BaseSettings):
         """The broker as the bridge sees it, logged in as ``bridge`` unless the URL has a user."""
         address = BrokerAddress.parse(self.mqtt_url)
         return address.with_login(BRIDGE, service_password(self.root_key(), BRIDGE))
+
+    def ota_release_key(self) -> bytes | None:
+        """The release public key (raw 32 bytes), or None when not configured."""
+        if self.ota_release_pubkey is None:
+            return None
+        return parse_public_key(self.ota_release_pubkey)
 
     def registry_keys(self) -> RegistryKeys:
         """The KEK ring and the MAC blind index, for provisioning and device lookups."""
