@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import structlog
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -131,6 +132,37 @@ def _internal(request: Request, exc: Exception) -> JSONResponse:
 
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {},
+    },
+}
+
+
+def _documented_problems(app: FastAPI) -> Callable[[], dict[str, object]]:
+    """OpenAPI that says what errors really are: problem+json (FastAPI documents its own 422)."""
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
+                PROBLEM_SCHEMA
+            )
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    for status, answer in operation.get("responses", {}).items():
+                        if status[:1] in {"4", "5"}:
+                            ref = {"$ref": "#/components/schemas/Problem"}
+                            answer["content"] = {PROBLEM_JSON: {"schema": ref}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
 
 
 def create_app(
@@ -160,6 +192,7 @@ def create_app(
     app.include_router(metrics_router())  # Prometheus, deploy/metrics.md
     for router in routers:
         app.include_router(router)
+    app.openapi = _documented_problems(app)  # type: ignore[method-assign]
     return app
 
 

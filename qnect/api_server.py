@@ -28,6 +28,7 @@ from device_registry.postgres_home import PostgresHome
 from device_registry.postgres_identity import database_ready
 from device_registry.postgres_pairing import PostgresActivator
 from qnect import api_shutdown, rights
+from qnect.api_staff import staff_routers
 from qnect.settings import Settings
 from qnect.settings_api import ApiSettings
 
@@ -77,6 +78,7 @@ def build_app(settings: Settings, api: ApiSettings | None = None) -> FastAPI:
     firmware = PostgresFirmware(dsn, settings.ota_release_key())
     routers = [ready, pairing_router(activator), auth_router(auth), _app_routes(settings, auth)]
     routers.append(firmware_router(firmware, auth.requires(Role.OPERATOR)))
+    routers += staff_routers(settings, auth)  # /v1/ops, /v1/support, /v1/dpo
     return create_app(routers=routers, title="Qnect API")
 
 
