@@ -30,7 +30,7 @@ from crypto.device_keys import Flags, SessionKeys
 from device_registry.profiles import PROFILES, PointType
 
 KX_TIMEOUT_S = 10.0
-KX_RETRY_S = (1.0, 2.0, 4.0, 8.0, 8.0)
+KX_RETRY_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # ~60 s: a loaded bridge may answer late
 BAD_KINDS = (
     "malformed_frame",
     "oversized",
