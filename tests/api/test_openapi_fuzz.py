@@ -2,11 +2,12 @@
 
 Every operation of the published schema gets generated requests (valid and invalid
 parameters, bodies, paths), authenticated with the role its prefix needs: an end user for
-``/v1/me``, an operator for ``/v1/ops``, support staff for ``/v1/support``, the DPO for
-``/v1/dpo``. Each answer must not be a 5xx and must match the documented schema and content
-type; requests the schema forbids (negative mode) must be refused without a 5xx. The real
-database and an open Mosquitto stand behind the app; the broker's dynamic security is off
-(provisioning pushes nothing). At least ``MIN_CASES`` requests are made in all.
+``/v1/me``, an operator for ``/v1/ops``, ``/v1/firmware`` and ``/v1/campaigns``, support
+staff for ``/v1/support``, the DPO for ``/v1/dpo``. Each answer must not be a 5xx and must
+match the documented schema and content type; requests the schema forbids (negative mode)
+must be refused without a 5xx. The real database and an open Mosquitto stand behind the
+app; the broker's dynamic security is off (provisioning pushes nothing). At least
+``MIN_CASES`` requests are made in all.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ ROLE_OF_PREFIX = {
     "/v1/ops": "operator",
     "/v1/support": "support",
     "/v1/dpo": "dpo",
+    "/v1/firmware": "operator",
+    "/v1/campaigns": "operator",
 }
 
 
