@@ -22,6 +22,7 @@ import structlog
 
 from broker_bridge.metrics import WorkerMetrics
 from broker_bridge.mqtt import BridgeClient
+from broker_bridge.ota import OtaConfig, OtaService
 from broker_bridge.receipts import receipt_topic, seal_receipt
 from crypto.device_keys import MAX_COUNTER, encode_kx_response
 from crypto.keys import KekRing
@@ -52,6 +53,7 @@ class WorkerConfig:
     directory_ttl_ms: int = 2000
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     presence_stale: timedelta = timedelta(minutes=15)  # silent this long: swept offline
+    ota: OtaConfig = field(default_factory=OtaConfig)
 
 
 class Worker:
@@ -74,6 +76,8 @@ class Worker:
         self._next_maintenance = 0.0
         self._next_seal = 0.0
         self._next_offer = 0.0
+        self._ota = OtaService(config.ota, os.urandom)
+        self._next_ota = 0.0
         # Receipt counters must be unique under a device's downlink key, which all workers
         # share: a random 63-bit start per worker, then +1; two workers' ranges of n receipts
         # overlap with probability about n / 2**62.
@@ -107,6 +111,8 @@ class Worker:
                     self._seal()
                 if time.monotonic() >= self._next_offer:
                     self._offer()
+                if time.monotonic() >= self._next_ota:
+                    self._ota_tick()
                 self._export_counts()
         finally:
             self._client.stop(end_session=drain and not stop.is_set())
@@ -229,6 +235,26 @@ class Worker:
             )
             self._client.publish(f"devices/{kx.device_id}/down/kx", answer, qos=1)
         self._receipts(written.stored + written.duplicates)
+        if written.ota:
+            try:
+                assert self._db.conn is not None  # noqa: S101 - the batch was just written
+                answers = self._ota.answers(self._db.conn, self._directory, written.ota)
+            except RegistryUnavailable:
+                self._db.close()  # the devices ask again when no chunk comes
+                return
+            self._client.publish_many(answers)
+
+    def _ota_tick(self) -> None:
+        """Move OTA campaigns on and send the offers that are due."""
+        self._next_ota = time.monotonic() + self._config.ota.tick_s
+        try:
+            self._db.open()
+            assert self._db.conn is not None  # noqa: S101 - open() connected
+            offers = self._ota.tick(self._db.conn, self._directory, now=datetime.now(UTC))
+        except (Unavailable, RegistryUnavailable):
+            self._db.close()
+            return
+        self._client.publish_many(offers)  # QoS 0: an unanswered offer is claimed again
 
     def _receipts(self, frames: Sequence[AcceptedFrame]) -> None:
         by_session: dict[tuple[str, int], list[int]] = defaultdict(list)

@@ -100,6 +100,7 @@ def run_worker(options: BridgeOptions) -> None:
             rates=settings.rate_config().per_worker(options.workers),
         ),
         presence_stale=timedelta(seconds=settings.presence_stale_s),
+        ota=settings.ota_config(),
     )
     source = PostgresDeviceSource(lambda: database.conn)
     worker = Worker(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -13,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker_bridge.dynsec import BRIDGE
 from broker_bridge.mqtt import BrokerAddress
+from broker_bridge.ota import OtaConfig
 from crypto.broker_secrets import service_password
 from crypto.firmware import parse_public_key
 from crypto.keys import KekRing, parse_root_key
@@ -64,8 +66,13 @@ class Settings(BaseSettings):
     api_drain_s: float = Field(default=2.0, ge=0)
 
     # OTA: the release public key firmware manifests must verify under (64 hex digits; a
-    # public key, so not a secret; unset: uploads are refused).
+    # public key, so not a secret; unset: uploads are refused), the controller cadence, when a
+    # silent device is offered again, when one without progress times out, the chunk size.
     ota_release_pubkey: str | None = None
+    ota_tick_s: float = Field(default=1.0, gt=0)
+    ota_offer_retry_s: float = Field(default=30.0, gt=0)
+    ota_device_timeout_s: float = Field(default=900.0, gt=0)
+    ota_chunk_bytes: int = Field(default=16 * 1024, ge=256, le=256 * 1024)
 
     @model_validator(mode="after")
     def _one_root_key(self) -> Settings:
@@ -106,6 +113,15 @@ class Settings(BaseSettings):
         if self.ota_release_pubkey is None:
             return None
         return parse_public_key(self.ota_release_pubkey)
+
+    def ota_config(self) -> OtaConfig:
+        """OTA tunables for the bridge workers."""
+        return OtaConfig(
+            tick_s=self.ota_tick_s,
+            offer_retry=timedelta(seconds=self.ota_offer_retry_s),
+            device_timeout=timedelta(seconds=self.ota_device_timeout_s),
+            chunk_bytes=self.ota_chunk_bytes,
+        )
 
     def registry_keys(self) -> RegistryKeys:
         """The KEK ring and the MAC blind index, for provisioning and device lookups."""

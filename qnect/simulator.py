@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import paho.mqtt.client as paho
@@ -28,6 +28,9 @@ from broker_bridge.mqtt import BrokerAddress
 from crypto import device_keys, rekey
 from crypto.device_keys import Flags, SessionKeys
 from device_registry.profiles import PROFILES, PointType
+
+if TYPE_CHECKING:
+    from qnect.sim_ota import OtaAgent
 
 KX_TIMEOUT_S = 10.0
 KX_RETRY_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # ~60 s: a loaded bridge may answer late
@@ -208,6 +211,7 @@ class SimDevice:
         self.last_progress = time.monotonic()
         self.needs_rekey = False
         self._client: paho.Client | None = None
+        self.ota: OtaAgent | None = None  # the OTA device side (qnect.sim_ota), if attached
         # Held around every socket call of this device's client; reentrant because callbacks
         # (run by the pump under it) publish too.
         self._io: IoLock = threading.RLock()
@@ -358,6 +362,8 @@ class SimDevice:
                 self._kx_done.set()
             elif kind == "receipt":
                 self._receipt(bytes(msg.payload), msg.topic)
+            elif kind == "ota" and self.ota is not None:
+                self.ota.on_downlink(bytes(msg.payload))
             elif kind == "rekey":
                 header = device_keys.parse_header(bytes(msg.payload))
                 keys = self.sessions.get(header.epoch)

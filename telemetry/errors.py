@@ -85,6 +85,10 @@ RekeyInvalid = _reason(
     "RekeyInvalid", "rekey_invalid", "Root-key rotation proof for no pending key, or it fails."
 )
 
+OtaInvalid = _reason(
+    "OtaInvalid", "ota_invalid", "OTA progress report of the wrong shape, state or reason."
+)
+
 
 class StorageFailed(TelemetryError):
     """The database refused a batch for its data (not an outage); isolate the culprit."""

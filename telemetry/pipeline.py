@@ -26,9 +26,10 @@ from crypto.keys import KeyClass
 from crypto.nonces import NonceSequence
 from crypto.replay import Freshness
 from device_registry.model import DeviceContext, DeviceStatus, is_device_id
+from device_registry.ota import ProgressReport
 from device_registry.profiles import INFO, STATUS, DataPoint, ReportKind
 from privacy.retention import RetentionClass
-from telemetry import errors, rekey
+from telemetry import errors, ota, rekey
 from telemetry.directory import Directory
 from telemetry.ratelimit import RateConfig, RateLimiter
 from telemetry.validate import Limits, Report, Value, validate
@@ -43,7 +44,7 @@ GRACE_EPOCHS = 3  # how many superseded sessions may still deliver resent frames
 COARSE_POSITION_M = 2  # unconsented robot positions: a 2 m grid says which room, not where
 
 Random = Callable[[int], bytes]
-_CONTROL_KINDS = ("kx", "rekey")  # uplink kinds that carry no report
+_CONTROL_KINDS = ("kx", "rekey", "ota")  # uplink kinds that carry no stored report
 _FIXED_PROFILES = {ReportKind.STATUS: STATUS, ReportKind.INFO: INFO}  # same for every model
 
 
@@ -135,6 +136,7 @@ class Outcome:
     wills: list[Will] = field(default_factory=list)
     rotations: list[rekey.Rotation] = field(default_factory=list)  # root keys proven
     duplicates_seen: list[AcceptedFrame] = field(default_factory=list)  # caught by the window
+    ota: list[ProgressReport] = field(default_factory=list)  # OTA progress (telemetry.ota)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +271,8 @@ class Pipeline:
             raise errors.DeviceRevoked("")
         if item.header is None or item.kind == "rekey":
             self._control(item, msg, device, outcome, now_ms)
+        elif item.kind == "ota":
+            outcome.ota.append(self._ota(item, item.header, msg, device, now_ms))
         elif item.header.flags & Flags.WILL:
             outcome.wills.append(self._will(item, msg, device, now_ms))
         else:
@@ -331,6 +335,21 @@ class Pipeline:
         self._check_epoch(device, header.epoch, now_ms)
         keys = self._session(item, header, device, now_ms)
         return self._open(keys.up, header, msg, item.device_id)
+
+    def _ota(
+        self, item: _Parsed, header: FrameHeader, msg: Inbound, device: DeviceContext, now_ms: int
+    ) -> ProgressReport:
+        # Like a re-key proof: a session frame outside the replay window and the rate limit;
+        # the state machine makes a resent report harmless (it only moves forward).
+        plaintext = self._rekey(item, header, msg, device, now_ms)
+        return ota.parse_report(
+            plaintext,
+            index=item.index,
+            device_id=item.device_id,
+            epoch=header.epoch,
+            now_ms=now_ms,
+            limits=self.config.limits,
+        )
 
     def _will(self, item: _Parsed, msg: Inbound, device: DeviceContext, now_ms: int) -> Will:
         header = item.header

@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from device_registry.postgres_ota import OtaAnswer, apply_reports
 from device_registry.postgres_rekey import Commit, commit_rotations
 from device_registry.sessions import SessionRecord
 from privacy.audit import AuditKeys
@@ -134,6 +135,7 @@ class Written:
     sessions: list[tuple[KeyExchange, SessionRecord]] = field(default_factory=list)
     kx_rejects: list[Reject] = field(default_factory=list)
     rotated: list[Commit] = field(default_factory=list)  # root-key rotations committed
+    ota: list[OtaAnswer] = field(default_factory=list)  # chunks and cancels to send
 
 
 @dataclass(slots=True)
@@ -177,6 +179,7 @@ class TelemetryStore:
                 new.discard(frame.key)  # a second copy in the same batch is a duplicate
             self._rows(cur, written.stored, now)
             self._state(cur, written, outcome, now)
+            written.ota = apply_reports(cur, outcome.ota, now=now)
             self._quarantine(cur, batch, outcome.rejects + written.kx_rejects, written, now)
         return written
 
