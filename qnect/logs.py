@@ -3,9 +3,40 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from typing import Any
 
 import structlog
+
+
+class LineLogger:
+    """Writes each event as one line with a single ``write(2)``.
+
+    ``print`` (structlog's PrintLogger) writes the message and the newline separately, so the
+    bridge's worker processes, which share one stderr, could splice two events into one line.
+    A single write of the whole line keeps lines whole (up to the pipe's atomic size, 4 KiB,
+    far above our events).
+    """
+
+    def __init__(self, fd: int = 2) -> None:
+        """Log to file descriptor *fd* (stderr)."""
+        self._fd = fd
+
+    def msg(self, message: str) -> None:
+        """Write one line."""
+        data = (message + "\n").encode()
+        while data:
+            data = data[os.write(self._fd, data) :]
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def _line_logger(*_args: Any) -> LineLogger | structlog.PrintLogger:
+    try:
+        return LineLogger(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # stderr replaced by an in-memory stream
+        return structlog.PrintLogger(sys.stderr)
 
 
 def configure(level: str = "INFO") -> None:
@@ -23,6 +54,6 @@ def configure(level: str = "INFO") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_line_logger,
         cache_logger_on_first_use=True,
     )
