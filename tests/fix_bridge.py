@@ -65,6 +65,17 @@ class Bridge:
         """SIGKILL one worker; the supervisor restarts it."""
         pid = self.wait_workers()[0]
         os.kill(pid, signal.SIGKILL)
+        # SIGKILL is asynchronous: until the process is dead (a zombie, or reaped) it still
+        # counts as a live worker, and the next wait_workers() would return it again.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                break
+            if state == "Z":
+                break
+            time.sleep(0.01)
         return pid
 
     def stop(self) -> int:
