@@ -222,7 +222,8 @@ class FastPublisher:
         self._packet_id = 0
         self._changed = threading.Condition()
         self._connected = threading.Event()
-        threading.Thread(target=self._read, daemon=True, name="bench-pub").start()
+        self._reader = threading.Thread(target=self._read, daemon=True, name="bench-pub")
+        self._reader.start()
         if not self._connected.wait(10):
             raise TimeoutError("no successful CONNACK (refused login?)")
 
@@ -268,6 +269,11 @@ class FastPublisher:
             if not self._changed.wait_for(lambda: self._acked >= self._sent, 120):
                 raise TimeoutError("publishes not acknowledged")
         self._sock.sendall(mqtt5.DisconnectPacket().write())
+        # Shut down first: the reader thread then sees end-of-stream instead of its socket
+        # vanishing under a blocked recv() (EBADF).
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._reader.join(5)
         self._sock.close()
 
 
