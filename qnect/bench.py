@@ -52,7 +52,7 @@ from device_registry.postgres import provision
 from device_registry.profiles import MODELS
 from qnect import local_broker
 from qnect.bridge import worker_pids
-from qnect.migrate import migrate
+from qnect.migrate import layout, migrate
 from qnect.rights import adopt, build
 from qnect.settings import create_root_key_file
 from qnect.simulator import Pump, SimDevice, Tally, telemetry_values
@@ -565,6 +565,7 @@ def run(admin_dsn: str, options: BenchOptions, say: Progress) -> dict[str, Any]:
         finally:
             bridge.stop()
         result: dict[str, Any] = {"cores": os.cpu_count(), "workers": options.workers}
+        result["layout"] = layout(env.dsn)  # timescale (hypertables) or native partitions
         result["messages"] = options.messages
         result["devices"] = len(fleet)
         result["provisioned_devices"] = len(fleet) + options.provisioned
