@@ -285,3 +285,13 @@ def artifact_content(conn: Conn, artifact_id: int) -> bytes | None:
     except psycopg.Error as exc:
         raise RegistryUnavailable(type(exc).__name__) from exc
     return bytes(row[0]) if row else None
+
+
+def ota_state_counts(dsn: str) -> dict[str, int]:
+    """Devices per OTA state in running and paused campaigns (for ``qnect_ota_devices``)."""
+    with psycopg.connect(dsn, connect_timeout=2) as conn:
+        rows = conn.execute(
+            "SELECT d.state, count(*) FROM ota_devices d JOIN ota_campaigns c USING (campaign_id) "
+            "WHERE c.status IN ('running', 'paused') GROUP BY d.state"
+        ).fetchall()
+    return {str(state): int(n) for state, n in rows}

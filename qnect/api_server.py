@@ -7,6 +7,7 @@ join here as further routers, each guarded by ``Authenticator.requires(<role>)``
 
 from __future__ import annotations
 
+import functools
 import signal
 from datetime import timedelta
 
@@ -18,6 +19,7 @@ from api.app import create_app
 from api.auth import AuthConfig, Authenticator, auth_router
 from api.firmware import firmware_router
 from api.me import me_router
+from api.metrics import OTA_DEVICES
 from api.oidc import OidcVerifier
 from api.pairing import pairing_router
 from api.tokens import LOGIN_INFO, SIGNING_INFO, Role, derive_key
@@ -26,6 +28,7 @@ from device_registry.postgres_accounts import PostgresAccounts
 from device_registry.postgres_firmware import PostgresFirmware
 from device_registry.postgres_home import PostgresHome
 from device_registry.postgres_identity import database_ready
+from device_registry.postgres_ota import ota_state_counts
 from device_registry.postgres_pairing import PostgresActivator
 from qnect import api_shutdown, rights
 from qnect.api_staff import staff_routers
@@ -73,6 +76,7 @@ def build_app(settings: Settings, api: ApiSettings | None = None) -> FastAPI:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "unavailable"}, status_code=503)
 
+    OTA_DEVICES.source = functools.partial(ota_state_counts, dsn)  # qnect_ota_devices
     activator = PostgresActivator(dsn, settings.kek_ring())
     auth = authenticator(settings, api)
     firmware = PostgresFirmware(dsn, settings.ota_release_key())
