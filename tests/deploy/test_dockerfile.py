@@ -55,8 +55,9 @@ def test_multi_stage_build_with_a_slim_runtime() -> None:
     runs = " ".join(i["value"] for i in runtime if i["instruction"] == "RUN")
     for tool in ("build-essential", "gcc", "git ", "pip install", "curl", "wget"):
         assert tool not in runs, f"runtime stage installs {tool.strip()}"
-    assert "--no-install-recommends" in runs
-    assert "rm -rf /var/lib/apt/lists/*" in runs
+    if "apt-get install" in runs:  # OS packages, if any, without extras and without lists
+        assert "--no-install-recommends" in runs
+        assert "rm -rf /var/lib/apt/lists/*" in runs
 
 
 def test_final_stage_runs_as_a_non_root_user_with_the_qnect_entrypoint() -> None:
