@@ -3,14 +3,16 @@
 Every route needs an end user's access token (role ``user``) and works only inside the
 caller's household; the scoping, the deny audit of foreign ids and the gate reads are the
 store's (``device_registry.postgres_home``). This module shapes HTTP: parameters, units,
-the shadow's concurrency headers and the desired state's downlink (``DesiredPublisher``).
+the shadow's concurrency headers. A desired-state change is only stored here: the bridge
+workers deliver it on the device's downlink, sealed under its session key (the API holds no
+session keys), and the device's report confirms it (``broker_bridge.desired``).
 """
 
 # No ``from __future__ import annotations``: the routes' ``Me`` alias is local to the router
 # factory, and FastAPI resolves string annotations in module globals only.
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -31,14 +33,6 @@ MAX_BUCKETS = 1000  # one answer; a year of days or ~6 weeks of hours
 ERASE_CONFIRMATION = "erase-my-data"
 
 
-class DesiredPublisher(Protocol):
-    """Sends a device its desired state (implemented over MQTT in ``broker_bridge``)."""
-
-    def publish_desired(self, device_id: str, desired: Mapping[str, object], version: int) -> bool:
-        """``True`` once the broker has it."""
-        ...
-
-
 class DesiredPatch(BaseModel):
     """Settings to change; ``null`` removes one from the desired state."""
 
@@ -51,12 +45,11 @@ class DesiredPatch(BaseModel):
 
 
 class ShadowAnswer(BaseModel):
-    """The desired state after a change."""
+    """The desired state after a change (stored; the device confirms it by its report)."""
 
     device_id: str
     version: int
     desired: dict[str, object]
-    delivered: bool = Field(description="The broker accepted the downlink message.")
 
 
 class ConsentChange(BaseModel):
@@ -125,7 +118,6 @@ def _history_query(
 
 def me_router(  # noqa: C901 - one nested function per route, each simple
     home: PostgresHome,
-    publisher: DesiredPublisher,
     caller: Callable[..., Principal],
     reauthenticate: Callable[[Principal, str], bool],
 ) -> APIRouter:
@@ -174,15 +166,9 @@ def me_router(  # noqa: C901 - one nested function per route, each simple
             expected=expected,
             precondition=precondition,
         )
-        sent = await run_in_threadpool(
-            publisher.publish_desired, device_id, done.desired, done.version
-        )
         response.headers["ETag"] = f'"{done.version}"'
         return ShadowAnswer(
-            device_id=device_id,
-            version=done.version,
-            desired=from_wire(model, done.desired),
-            delivered=sent,
+            device_id=device_id, version=done.version, desired=from_wire(model, done.desired)
         )
 
     @router.get(

@@ -153,17 +153,20 @@ class BridgeClient:
                 return 0  # the connection is gone: the broker redelivers them
         return len(acks)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 0, *, retain: bool = False) -> None:
         """Publish a downlink message (receipts, key-exchange answers); lost if disconnected.
 
         Downlink messages are idempotent and devices retry on silence, so a QoS 1 publish is
-        not retransmitted by this client after a reconnect.
+        not retransmitted by this client after a reconnect. *retain* is only for deleting a
+        retained message (an empty payload): downlink frames are never retained.
         """
         packet_id = None
         if qos:
             self._packet_id = self._packet_id % 65535 + 1
             packet_id = self._packet_id
-        packet = mqtt5.PublishPacket(topic, payload, qos=mqtt5.QoS(qos), packet_id=packet_id)
+        packet = mqtt5.PublishPacket(
+            topic, payload, qos=mqtt5.QoS(qos), retain=retain, packet_id=packet_id
+        )
         with contextlib.suppress(OSError):
             self._send(packet.write())
 

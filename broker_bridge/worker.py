@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import stamina
 import structlog
 
+from broker_bridge.desired import DesiredConfig, DesiredService
 from broker_bridge.metrics import WorkerMetrics
 from broker_bridge.mqtt import BridgeClient
 from broker_bridge.ota import OtaConfig, OtaService
@@ -54,6 +55,7 @@ class WorkerConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     presence_stale: timedelta = timedelta(minutes=15)  # silent this long: swept offline
     ota: OtaConfig = field(default_factory=OtaConfig)
+    desired: DesiredConfig = field(default_factory=DesiredConfig)
 
 
 class Worker:
@@ -78,6 +80,8 @@ class Worker:
         self._next_offer = 0.0
         self._ota = OtaService(config.ota, os.urandom)
         self._next_ota = 0.0
+        self._desired = DesiredService(config.desired, os.urandom)
+        self._next_desired = 0.0
         # Receipt counters must be unique under a device's downlink key, which all workers
         # share: a random 63-bit start per worker, then +1; two workers' ranges of n receipts
         # overlap with probability about n / 2**62.
@@ -113,6 +117,8 @@ class Worker:
                     self._offer()
                 if time.monotonic() >= self._next_ota:
                     self._ota_tick()
+                if time.monotonic() >= self._next_desired:
+                    self._desired_tick()
                 self._export_counts()
         finally:
             self._client.stop(end_session=drain and not stop.is_set())
@@ -255,6 +261,20 @@ class Worker:
             self._db.close()
             return
         self._client.publish_many(offers)  # QoS 0: an unanswered offer is claimed again
+
+    def _desired_tick(self) -> None:
+        """Send the desired states that are due, sealed; delete old plaintext retained ones."""
+        self._next_desired = time.monotonic() + self._config.desired.tick_s
+        try:
+            self._db.open()
+            assert self._db.conn is not None  # noqa: S101 - open() connected
+            due = self._desired.tick(self._db.conn, self._directory, now=datetime.now(UTC))
+        except (Unavailable, RegistryUnavailable):
+            self._db.close()
+            return
+        for topic in due.clear_retained:  # an empty retained message deletes the old one
+            self._client.publish(topic, b"", qos=1, retain=True)
+        self._client.publish_many(due.frames)  # QoS 0: an unconfirmed state is claimed again
 
     def _receipts(self, frames: Sequence[AcceptedFrame]) -> None:
         by_session: dict[tuple[str, int], list[int]] = defaultdict(list)

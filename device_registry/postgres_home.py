@@ -6,7 +6,8 @@ scope is answered as if it did not exist (``NotVisible``), and the attempt is wr
 audit log as a deny event (``privacy.postgres_audit.write_event``) before the answer, so the
 DPO sees probing for other households' ids. Reads of personal fields go through the privacy
 gate (purpose ``provide_service``); data-subject rights through ``privacy.postgres_dsr.Rights``.
-Does not own HTTP, tokens or the broker: publishing the desired state is the caller's.
+Does not own HTTP, tokens or the broker: the bridge workers deliver the desired state
+(``postgres_shadow``).
 """
 
 from __future__ import annotations

@@ -263,7 +263,8 @@ REGISTRY: dict[str, dict[str, FieldSpec]] = {
     "device_shadows": {
         "device_id": _REF,
         "desired": FieldSpec((C.DEVICE_TELEMETRY,)),
-        **{k: _sys() for k in ("version", "desired_at", "confirmed_at")},
+        **{k: _sys() for k in ("version", "desired_at", "confirmed_at", "sent_version")},
+        **{k: _sys() for k in ("sent_epoch", "sent_at", "plain_retained")},
     },
     "erasure_tombstones": {"subject_hash": _sys(), "request_id": _sys(), "erased_at": _sys()},
     "dsr_requests": {

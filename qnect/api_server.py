@@ -23,7 +23,6 @@ from api.metrics import OTA_DEVICES
 from api.oidc import OidcVerifier
 from api.pairing import pairing_router
 from api.tokens import LOGIN_INFO, SIGNING_INFO, Role, derive_key
-from broker_bridge.mqtt_desired import MqttDesiredPublisher
 from device_registry.postgres_accounts import PostgresAccounts
 from device_registry.postgres_firmware import PostgresFirmware
 from device_registry.postgres_home import PostgresHome
@@ -60,8 +59,7 @@ def _app_routes(settings: Settings, auth: Authenticator) -> APIRouter:
         audit_keys=privacy.audit_keys,
         purposes=privacy.purposes,
     )
-    publisher = MqttDesiredPublisher(settings.bridge_address())
-    return me_router(home, publisher, auth.requires(Role.USER), auth.confirm_password)
+    return me_router(home, auth.requires(Role.USER), auth.confirm_password)
 
 
 def build_app(settings: Settings, api: ApiSettings | None = None) -> FastAPI:

@@ -101,6 +101,7 @@ def run_worker(options: BridgeOptions) -> None:
         ),
         presence_stale=timedelta(seconds=settings.presence_stale_s),
         ota=settings.ota_config(),
+        desired=settings.desired_config(),
     )
     source = PostgresDeviceSource(lambda: database.conn)
     worker = Worker(

@@ -50,6 +50,7 @@ MIGRATIONS: list[tuple[str, Step]] = [
     ("0008_pairing", _sql("0008_pairing.sql")),
     ("0009_accounts", _sql("0009_accounts.sql")),
     ("0010_ota", _sql("0010_ota.sql")),
+    ("0011_desired_delivery", _sql("0011_desired_delivery.sql")),
 ]
 
 

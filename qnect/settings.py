@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from broker_bridge.desired import DesiredConfig
 from broker_bridge.dynsec import BRIDGE
 from broker_bridge.mqtt import BrokerAddress
 from broker_bridge.ota import OtaConfig
@@ -73,6 +74,10 @@ class Settings(BaseSettings):
     ota_offer_retry_s: float = Field(default=30.0, gt=0)
     ota_device_timeout_s: float = Field(default=900.0, gt=0)
     ota_chunk_bytes: int = Field(default=16 * 1024, ge=256, le=256 * 1024)
+    # Desired state (sent by the bridge workers, sealed): how often workers look for due
+    # deliveries, and when an unconfirmed one is sent again.
+    desired_tick_s: float = Field(default=1.0, gt=0)
+    desired_retry_s: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _one_root_key(self) -> Settings:
@@ -121,6 +126,12 @@ class Settings(BaseSettings):
             offer_retry=timedelta(seconds=self.ota_offer_retry_s),
             device_timeout=timedelta(seconds=self.ota_device_timeout_s),
             chunk_bytes=self.ota_chunk_bytes,
+        )
+
+    def desired_config(self) -> DesiredConfig:
+        """Desired-state delivery tunables for the bridge workers."""
+        return DesiredConfig(
+            tick_s=self.desired_tick_s, retry=timedelta(seconds=self.desired_retry_s)
         )
 
     def registry_keys(self) -> RegistryKeys:

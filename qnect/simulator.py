@@ -3,8 +3,10 @@
 Each device: connects with a sealed last will, runs the key exchange, publishes its info and
 status reports and then telemetry frames, keeps every good frame until a storage receipt
 confirms it, and after a reconnect (or when receipts stop coming) resends what is unconfirmed.
-Optionally mixes in bad frames of every reject kind the bridge can see. Device clients are paho
-clients with their own network threads; one driver thread paces publishing.
+Optionally mixes in bad frames of every reject kind the bridge can see. Desired state from the
+app (``down/desired``, sealed under the session) is applied to the device's settings and
+reported back, which confirms it. Device clients are paho clients with their own network
+threads; one driver thread paces publishing.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import msgpack
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from broker_bridge.desired_frames import open_desired
 from broker_bridge.mqtt import BrokerAddress
 from crypto import device_keys, rekey
 from crypto.device_keys import Flags, SessionKeys
@@ -212,6 +215,13 @@ class SimDevice:
         self.needs_rekey = False
         self._client: paho.Client | None = None
         self.ota: OtaAgent | None = None  # the OTA device side (qnect.sim_ota), if attached
+        # Desired state: the settings applied (wire units), the newest version applied, how
+        # many older versions were ignored, and whether a report of them is still to be sent.
+        self.settings: dict[str, object] = {}
+        self.desired_version = 0
+        self.desired_ignored = 0
+        self._desired_report = False
+        self._desired_early: bytes | None = None  # arrived before its key-exchange answer
         # Held around every socket call of this device's client; reentrant because callbacks
         # (run by the pump under it) publish too.
         self._io: IoLock = threading.RLock()
@@ -360,8 +370,13 @@ class SimDevice:
                     self._answered_epoch = resp.epoch
                 self._rekey_at = None
                 self._kx_done.set()
+                early, self._desired_early = self._desired_early, None
+                if early is not None:
+                    self._desired(early)
             elif kind == "receipt":
                 self._receipt(bytes(msg.payload), msg.topic)
+            elif kind == "desired":
+                self._desired(bytes(msg.payload))
             elif kind == "ota" and self.ota is not None:
                 self.ota.on_downlink(bytes(msg.payload))
             elif kind == "rekey":
@@ -371,6 +386,34 @@ class SimDevice:
                     self._offer = rekey.open_offer(keys, self.device_id, bytes(msg.payload))
         except Exception:  # noqa: BLE001 - a bad downlink message must not kill the device
             return
+
+    def _desired(self, payload: bytes) -> None:
+        """Apply a newer desired state to the settings (network thread); older ones are ignored.
+
+        The same version again (a resend: its report may have been lost) is reported again.
+        """
+        epoch = device_keys.parse_header(payload).epoch
+        keys = self.sessions.get(epoch)
+        if keys is None:
+            if epoch > max(self.sessions, default=0):  # a worker was quicker than the answer
+                self._desired_early = payload
+            return
+        state = open_desired(keys, self.device_id, payload)
+        points = PROFILES[self.model].by_name
+        with self._lock:
+            if state.version < self.desired_version:
+                self.desired_ignored += 1
+                return
+            self.desired_version = state.version
+            self.settings.update({k: v for k, v in state.values.items() if k in points})
+            self._desired_report = True
+
+    def desired_step(self) -> None:
+        """Report the settings after a desired state was applied (publishing thread side)."""
+        with self._lock:
+            due, self._desired_report = self._desired_report, False
+        if due and self._client is not None:
+            self.send("telemetry", self.telemetry())
 
     def _receipt(self, payload: bytes, topic: str) -> None:
         header = device_keys.parse_header(payload)
@@ -430,8 +473,10 @@ class SimDevice:
         return (numeric or list(points))[0].name
 
     def telemetry(self) -> dict[str, object]:
-        """A plausible telemetry reading for this model."""
-        return telemetry_values(self.model, self._rng)
+        """A plausible telemetry reading for this model, with the settings applied."""
+        with self._lock:
+            settings = dict(self.settings)
+        return {**telemetry_values(self.model, self._rng), **settings}
 
     def send_bad(self, kind: str, other: SimDevice) -> None:
         """Publish one deliberately bad message of *kind* (see ``BAD_KINDS``)."""
@@ -541,6 +586,7 @@ def run_fleet(
             if device.needs_rekey:
                 _heal(device)
             device.rekey_step()
+            device.desired_step()
             if bad_fraction and rng.random() < bad_fraction:
                 kind = rng.choice(BAD_KINDS)
                 device.send_bad(kind, fleet[(n + 1) % len(fleet)])
@@ -587,6 +633,7 @@ def _await_receipts(
             if device.needs_rekey or now - device.last_progress > resend_after_s:
                 _heal(device)
             device.rekey_step()
+            device.desired_step()
         time.sleep(0.1)
     del tally
 

@@ -28,6 +28,7 @@ class Member:
     account: str
     username: str
     devices: dict[str, str] = field(default_factory=dict)  # model -> device id
+    creds: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> credentials
 
 
 def new_member(
@@ -44,9 +45,10 @@ def new_member(
     with psycopg.connect(dsn, autocommit=True) as conn:
         house = household or create_household(conn)
         subject = create_subject(conn, keys.ring.kek(1), house, email=f"{name}@x.test", name=name)
-        devices = {}
+        devices, creds = {}, {}
         for model in models:
-            device_id = str(provision(conn, keys, model, 1)[0].to_json()["device_id"])
+            creds[model] = provision(conn, keys, model, 1)[0].to_json()
+            device_id = str(creds[model]["device_id"])
             assign_device(conn, keys.ring, device_id, subject)
             devices[model] = device_id
     account = PostgresAccounts(dsn).create(
@@ -56,7 +58,7 @@ def new_member(
         subject_id=subject,
         oidc_subject=oidc_subject,
     )
-    return Member(house, subject, account, name, devices)
+    return Member(house, subject, account, name, devices, creds)
 
 
 def staff(dsn: str, root_key: bytes, name: str, role: str) -> str:

@@ -1,26 +1,23 @@
 """The mobile app's routes, and the IDOR suite (another household's ids: 404 + deny event).
 
-Devices, state and shadow, history, pairing, consents and rights, against the real database,
-a real Mosquitto for the desired state's downlink, and a real `qnect api` process.
+Devices, state and shadow, history, pairing, consents and rights, against the real database
+and a real `qnect api` process. Delivery of the desired state to a device (by the bridge
+workers, sealed) is tested end to end in ``tests/broker_bridge/test_desired.py``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import msgpack
-import paho.mqtt.client as paho
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
 
 from api.tokens import SIGNING_INFO, AccessTokens, Principal, Role, derive_key
@@ -31,7 +28,6 @@ from qnect.settings import Settings
 from qnect.settings_api import ApiSettings
 from tests.api.home import Member, bearer, deny_events, login, new_member, staff
 from tests.fix_bridge import api_process
-from tests.fix_mqtt import Broker
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +43,9 @@ def keys(root_key: bytes) -> RegistryKeys:
 
 
 @pytest.fixture(scope="module")
-def client(db_dsn: str, root_key_file: Path, broker: Broker) -> Iterator[TestClient]:
-    """The API in process; desired states go to a real (open) Mosquitto."""
-    settings = Settings(
-        database_url=SecretStr(db_dsn), root_key_file=root_key_file, mqtt_url=broker.url
-    )
+def client(db_dsn: str, root_key_file: Path) -> Iterator[TestClient]:
+    """The API in process (it needs no broker: the bridge workers send desired states)."""
+    settings = Settings(database_url=SecretStr(db_dsn), root_key_file=root_key_file)
     with TestClient(build_app(settings, ApiSettings())) as c:
         yield c
 
@@ -85,10 +79,8 @@ def report(dsn: str, device_id: str, latest: dict[str, object], *, online: bool 
         )
 
 
-def test_devices_state_and_shadow_with_downlink(
-    db_dsn: str, client: TestClient, alice: Member, broker: Broker
-) -> None:
-    """List, state, PATCH desired with If-Match/version (409/412/428), downlink, confirmation."""
+def test_devices_state_and_shadow(db_dsn: str, client: TestClient, alice: Member) -> None:
+    """List, state, PATCH desired with If-Match/version (409/412/428), confirmation by report."""
     me = token(client, alice)
     thermostat = alice.devices["thermostat"]
     report(db_dsn, thermostat, {"temperature_c": 215, "setpoint_c": 200, "mode": "heat"})
@@ -103,44 +95,35 @@ def test_devices_state_and_shadow_with_downlink(
     assert state.json()["online"] is True
     assert state.headers["ETag"] == '"0"'
 
-    received: list[bytes | bytearray] = []
-    sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="idor-test-sub")
-    sub.on_message = lambda _c, _u, msg: received.append(msg.payload)
-    sub.connect("127.0.0.1", broker.port)
-    sub.subscribe(f"devices/{thermostat}/down/desired", qos=1)
-    sub.loop_start()
-    try:
-        url = f"/v1/me/devices/{thermostat}/desired"
-        patch: dict[str, Any] = {"desired": {"setpoint_c": 22.5, "mode": "heat"}}
-        assert client.patch(url, json=patch, headers=me).status_code == 428
-        done = client.patch(url, json=patch, headers={**me, "If-Match": '"0"'})
-        assert done.status_code == 200, done.text
-        assert done.json()["version"] == 1
-        assert done.json()["delivered"] is True
-        stale = client.patch(url, json=patch, headers={**me, "If-Match": '"0"'})
-        assert stale.status_code == 412
-        assert stale.json()["detail"] == {"version": 1}
-        assert client.patch(url, json={**patch, "version": 0}, headers=me).status_code == 409
-        refused: list[dict[str, Any]] = [
-            {"desired": {"temperature_c": 20}},  # a measurement, not a setting
-            {"desired": {"setpoint_c": 99}},  # out of range
-            {"desired": {"setpoint_c": 21.25}},  # off the step grid
-            {"desired": {"mode": "turbo"}},
-        ]
-        for body in refused:
-            answer = client.patch(url, json={**body, "version": 1}, headers=me)
-            assert answer.status_code == 422, body
-        deadline = time.monotonic() + 5
-        while not received and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        sub.loop_stop()
-        sub.disconnect()
-    assert msgpack.unpackb(received[-1]) == {
-        "v": 1,
+    url = f"/v1/me/devices/{thermostat}/desired"
+    patch: dict[str, Any] = {"desired": {"setpoint_c": 22.5, "mode": "heat"}}
+    assert client.patch(url, json=patch, headers=me).status_code == 428
+    done = client.patch(url, json=patch, headers={**me, "If-Match": '"0"'})
+    assert done.status_code == 200, done.text
+    assert done.json() == {
+        "device_id": thermostat,
         "version": 1,
-        "desired": {"setpoint_c": 225, "mode": "heat"},
+        "desired": {"setpoint_c": 22.5, "mode": "heat"},
     }
+    assert done.headers["ETag"] == '"1"'
+    stale = client.patch(url, json=patch, headers={**me, "If-Match": '"0"'})
+    assert stale.status_code == 412
+    assert stale.json()["detail"] == {"version": 1}
+    assert client.patch(url, json={**patch, "version": 0}, headers=me).status_code == 409
+    refused: list[dict[str, Any]] = [
+        {"desired": {"temperature_c": 20}},  # a measurement, not a setting
+        {"desired": {"setpoint_c": 99}},  # out of range
+        {"desired": {"setpoint_c": 21.25}},  # off the step grid
+        {"desired": {"mode": "turbo"}},
+    ]
+    for body in refused:
+        answer = client.patch(url, json={**body, "version": 1}, headers=me)
+        assert answer.status_code == 422, body
+    with psycopg.connect(db_dsn) as conn:  # stored as wire values, for the workers to send
+        row = conn.execute(
+            "SELECT desired, version FROM device_shadows WHERE device_id = %s", (thermostat,)
+        ).fetchone()
+    assert row == ({"setpoint_c": 225, "mode": "heat"}, 1)
     shadow = client.get(f"/v1/me/devices/{thermostat}", headers=me).json()
     assert shadow["desired"] == {"setpoint_c": 22.5, "mode": "heat"}
     assert shadow["confirmed_at"] is None
@@ -316,7 +299,7 @@ def test_idor_suite(
 
 
 def test_real_qnect_api_process(
-    db_dsn: str, root_key_file: Path, keys: RegistryKeys, root_key: bytes, broker: Broker
+    db_dsn: str, root_key_file: Path, keys: RegistryKeys, root_key: bytes
 ) -> None:
     """`qnect api` as a process: login, my devices, refusal of a foreign device."""
     dave = new_member(db_dsn, keys, root_key, "dave")
@@ -325,7 +308,6 @@ def test_real_qnect_api_process(
         os.environ,
         QNECT_DATABASE_URL=db_dsn,
         QNECT_ROOT_KEY_FILE=str(root_key_file),
-        QNECT_MQTT_URL=broker.url,
     )
     with api_process(env) as api:
         form = b"username=dave&password=correct+horse+battery+staple"
