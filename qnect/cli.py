@@ -244,6 +244,7 @@ def _simulate(
             bad_fraction=bad_fraction,
             confirm_timeout_s=timeout,
             progress=lambda done, _total: bar.update(task, completed=done),
+            isolated=os.environ.get("QNECT_BROKER_DYNSEC", "true").lower() not in {"0", "false"},
         )
 
 
