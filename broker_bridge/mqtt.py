@@ -38,6 +38,7 @@ KEEPALIVE_S = 30
 READ_BYTES = 65536  # one recv() serves hundreds of frames
 CONNECT_TIMEOUT_S = 5.0
 RECONNECT_MAX_S = 10.0  # jittered exponential backoff between reconnects, capped here
+TLS_POLL_S = 0.005  # over TLS, how long a read may hold the socket before an ack gets its turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +212,10 @@ class BridgeClient:
 
     def _session(self) -> None:
         sock = open_socket(self._address, timeout=CONNECT_TIMEOUT_S)
-        sock.settimeout(KEEPALIVE_S / 3)  # wake up to send keep-alive pings
+        # Plain TCP: wake up to send keep-alive pings. TLS: OpenSSL must not read and write one
+        # session from two threads at once, so reads happen under the send lock, in short
+        # polls that let acks through within TLS_POLL_S.
+        sock.settimeout(TLS_POLL_S if self._address.tls else KEEPALIVE_S / 3)
         with self._ready:
             self._generation += 1
             # Whatever was delivered on the old connection and not acked will be redelivered
@@ -235,9 +239,11 @@ class BridgeClient:
     def _read_loop(self, sock: socket.socket) -> None:
         buffer = bytearray()
         last_ping = time.monotonic()
+        guard = self._send_lock if self._address.tls else contextlib.nullcontext()
         while not self._stop.is_set():
             try:
-                data = sock.recv(READ_BYTES)
+                with guard:
+                    data = sock.recv(READ_BYTES)
             except TimeoutError:
                 data = None
             if data == b"":

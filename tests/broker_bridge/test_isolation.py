@@ -545,3 +545,30 @@ def test_offline_sync_writes_the_whole_broker_in_linear_time(
         bulk[0].mqtt_password,
     )
     assert refused.connack == NOT_AUTHORIZED
+
+
+def test_bridge_over_tls_loses_nothing(
+    db_dsn: str, root_key_file: Path, secure_broker: SecureBroker, secure_bridge_factory: Any
+) -> None:
+    """Workers on the TLS listener (one TLS session read and written under one lock)."""
+    made = fleet(db_dsn, root_key_file, 4)
+    secure_broker.push(made)
+    secure_bridge_factory(workers=2, QNECT_MQTT_URL=secure_broker.device_url)
+    summary = run_fleet(
+        made,
+        BrokerAddress.parse(secure_broker.device_url),
+        messages=100,
+        confirm_timeout_s=120,
+        isolated=True,
+    )
+    assert summary["unconfirmed"] == 0, summary
+    assert summary["reconnects"] == 0, summary
+    ids = [c["device_id"] for c in made]
+    with psycopg.connect(db_dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*), count(DISTINCT (device_id, epoch, counter)) FROM frames "
+            "WHERE device_id = ANY(%s)",
+            (ids,),
+        ).fetchone()
+    assert row is not None
+    assert row[0] == row[1] >= 100 * len(made)
