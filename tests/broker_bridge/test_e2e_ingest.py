@@ -115,8 +115,11 @@ def test_tampered_frames_get_their_own_reasons(
             assert _quarantine_reason(db_dsn, device_id, mark) == [reason]
 
         a.publish(topic, frame)
+        # Wait for *this* frame: earlier tests of the module left other frames in the table,
+        # and a replay sent while the original is still in flight is not yet a replay.
+        stored_a = f"SELECT count(*) FROM frames WHERE device_id = '{a.device_id}'"  # noqa: S608
         deadline = time.monotonic() + 15
-        while count(db_dsn, "SELECT count(*) FROM frames") == 0 and time.monotonic() < deadline:
+        while count(db_dsn, stored_a) == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         expect(frame, topic, a.device_id, "replay")
         flipped = bytearray(frame)
