@@ -359,56 +359,31 @@ class _ColumnSql:
     row: Callable[..., WrappedKey]
 
 
+def _root_key_column(version: LiteralString, blob: LiteralString) -> _ColumnSql:
+    """The rewrap SQL of one (version, wrapped blob) pair of root-key columns in ``devices``."""
+    return _ColumnSql(
+        start=("",),
+        select=f"""
+SELECT device_id, {version}, {blob} FROM devices
+WHERE device_id > %s AND {blob} IS NOT NULL AND substring({blob} FROM 1 FOR 3) <> %s
+ORDER BY device_id LIMIT %s""",  # noqa: S608 - column names are this module's literals
+        update=f"""
+UPDATE devices d SET {blob} = n.new
+FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) AS n(device_id, old, new)
+WHERE d.device_id = n.device_id AND d.{blob} = n.old""",  # noqa: S608
+        stale=f"""
+SELECT count(*) FROM devices
+WHERE {blob} IS NOT NULL AND substring({blob} FROM 1 FOR 3) <> %s""",  # noqa: S608
+        row=root_key_row,
+    )
+
+
 # Stale = a blob whose header (format, KEK version) is not the target's ``wrap_header``.
 _COLUMNS = {
-    WrappedColumn.NEXT_ROOT_KEYS: _ColumnSql(  # pending key of a root-key rotation
-        start=("",),
-        select="""
-SELECT device_id, drk_next_version, drk_next_wrapped FROM devices
-WHERE device_id > %s AND drk_next_wrapped IS NOT NULL
-  AND substring(drk_next_wrapped FROM 1 FOR 3) <> %s
-ORDER BY device_id LIMIT %s""",
-        update="""
-UPDATE devices d SET drk_next_wrapped = n.new
-FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) AS n(device_id, old, new)
-WHERE d.device_id = n.device_id AND d.drk_next_wrapped = n.old""",
-        stale="""
-SELECT count(*) FROM devices
-WHERE drk_next_wrapped IS NOT NULL AND substring(drk_next_wrapped FROM 1 FOR 3) <> %s""",
-        row=root_key_row,
-    ),
-    WrappedColumn.PREV_ROOT_KEYS: _ColumnSql(  # previous key, decrypt-only in its grace
-        start=("",),
-        select="""
-SELECT device_id, drk_prev_version, drk_prev_wrapped FROM devices
-WHERE device_id > %s AND drk_prev_wrapped IS NOT NULL
-  AND substring(drk_prev_wrapped FROM 1 FOR 3) <> %s
-ORDER BY device_id LIMIT %s""",
-        update="""
-UPDATE devices d SET drk_prev_wrapped = n.new
-FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) AS n(device_id, old, new)
-WHERE d.device_id = n.device_id AND d.drk_prev_wrapped = n.old""",
-        stale="""
-SELECT count(*) FROM devices
-WHERE drk_prev_wrapped IS NOT NULL AND substring(drk_prev_wrapped FROM 1 FOR 3) <> %s""",
-        row=root_key_row,
-    ),
-    WrappedColumn.ROOT_KEYS: _ColumnSql(
-        start=("",),
-        select="""
-SELECT device_id, drk_version, root_key_wrapped FROM devices
-WHERE device_id > %s AND root_key_wrapped IS NOT NULL
-  AND substring(root_key_wrapped FROM 1 FOR 3) <> %s
-ORDER BY device_id LIMIT %s""",
-        update="""
-UPDATE devices d SET root_key_wrapped = n.new
-FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) AS n(device_id, old, new)
-WHERE d.device_id = n.device_id AND d.root_key_wrapped = n.old""",
-        stale="""
-SELECT count(*) FROM devices
-WHERE root_key_wrapped IS NOT NULL AND substring(root_key_wrapped FROM 1 FOR 3) <> %s""",
-        row=root_key_row,
-    ),
+    WrappedColumn.ROOT_KEYS: _root_key_column("drk_version", "root_key_wrapped"),
+    # The pending key of a root-key rotation, and the previous one (decrypt-only in its grace).
+    WrappedColumn.NEXT_ROOT_KEYS: _root_key_column("drk_next_version", "drk_next_wrapped"),
+    WrappedColumn.PREV_ROOT_KEYS: _root_key_column("drk_prev_version", "drk_prev_wrapped"),
     WrappedColumn.DATA_KEYS: _ColumnSql(
         start=("", -1, -1),
         select="""

@@ -109,15 +109,30 @@ def start_mosquitto(
         raise ValueError("give admin_password (secure broker) or an explicit config")
     conf.write_text(text)
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL)  # noqa: S603
-    deadline = time.monotonic() + 10
+    try:
+        wait_listening(proc, port, what="mosquitto")
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc
+
+
+def wait_listening(
+    proc: subprocess.Popen[bytes], port: int, *, what: str, timeout_s: float = 10.0
+) -> None:
+    """Wait until *proc* accepts TCP connections on 127.0.0.1:*port*.
+
+    Raises:
+        RuntimeError: it exited first (see its log), or did not listen within *timeout_s*.
+    """
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError("mosquitto exited at start (see its log)") from None
+                raise RuntimeError(f"{what} exited at start (see its log)") from None
             time.sleep(0.05)
         else:
-            return proc
-    proc.kill()
-    raise RuntimeError("mosquitto did not start listening")
+            return
+    raise RuntimeError(f"{what} did not start listening")

@@ -299,7 +299,7 @@ class Pipeline:
         """A key exchange or a root-key proof; either may prove a pending root key."""
         until_ms = now_ms + self.config.drk_grace_ms
         if item.header is not None:
-            plaintext = self._rekey(item, item.header, msg, device, now_ms)
+            plaintext = self._open_control(item, item.header, msg, device, now_ms)
             rotation = rekey.proven(device, plaintext, index=item.index, until_ms=until_ms)
         else:
             kx = self._key_exchange(item, msg, device, now_ms)
@@ -325,11 +325,12 @@ class Pipeline:
             raise errors.KxReplay("timestamp outside the skew window")
         return KeyExchange(item.index, item.device_id, request, self._rand(16), k_kx)
 
-    def _rekey(
+    def _open_control(
         self, item: _Parsed, header: FrameHeader, msg: Inbound, device: DeviceContext, now_ms: int
     ) -> bytes:
-        # An ordinary uplink frame of a session, not counted against the rate and not kept in
-        # the replay window: a resent proof is harmless (the commit is idempotent).
+        # A control frame (re-key proof, OTA progress): an ordinary uplink frame of a session,
+        # not counted against the rate and not kept in the replay window; resending one is
+        # harmless (the rotation commit is idempotent, the OTA state only moves forward).
         if header.flags & (Flags.DOWN | Flags.RANDOM_COUNTER | Flags.WILL):
             raise errors.MalformedFrame("downlink or will flags on a re-key proof")
         self._check_epoch(device, header.epoch, now_ms)
@@ -339,9 +340,7 @@ class Pipeline:
     def _ota(
         self, item: _Parsed, header: FrameHeader, msg: Inbound, device: DeviceContext, now_ms: int
     ) -> ProgressReport:
-        # Like a re-key proof: a session frame outside the replay window and the rate limit;
-        # the state machine makes a resent report harmless (it only moves forward).
-        plaintext = self._rekey(item, header, msg, device, now_ms)
+        plaintext = self._open_control(item, header, msg, device, now_ms)
         return ota.parse_report(
             plaintext,
             index=item.index,

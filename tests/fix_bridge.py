@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import psycopg
 import pytest
 
 from qnect.bridge import worker_pids
-from qnect.local_broker import free_port
+from qnect.local_broker import free_port, wait_listening
 from tests.fix_mqtt import Broker, SecureBroker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -172,15 +171,7 @@ def api_process(env: dict[str, str]) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, "qnect api exited"
-                assert time.monotonic() < deadline, "qnect api did not listen"
-                time.sleep(0.1)
+        wait_listening(proc, port, what="qnect api", timeout_s=20)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

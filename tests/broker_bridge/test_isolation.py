@@ -35,7 +35,7 @@ from device_registry.postgres import provision
 from device_registry.postgres_identity import revoke_device
 from device_registry.postgres_pairing import activate, issue_token
 from privacy.postgres import create_household, create_subject
-from qnect.local_broker import dynsec_plugin, free_port, init_dynsec_file
+from qnect.local_broker import dynsec_plugin, free_port, init_dynsec_file, wait_listening
 from qnect.local_tls import ensure_local_tls
 from qnect.simulator import SimDevice, Tally, run_fleet
 from tests.broker_bridge.stream import Stream, fleet
@@ -413,15 +413,7 @@ def test_shipped_production_config_starts_and_serves_devices_over_tls(
     init_dynsec_file(tmp_path / "dynsec.json", secrets.service("admin"))
     proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "mosquitto.log").read_text()
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        wait_listening(proc, port, what="mosquitto", timeout_s=10)
         cred = fleet(db_dsn, root_key_file, 1)[4]
         with DynsecAdmin(BrokerAddress("127.0.0.1", port), secrets.service("admin")) as admin:
             admin.run(

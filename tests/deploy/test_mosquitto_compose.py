@@ -11,9 +11,7 @@ import getpass
 import os
 import re
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from broker_bridge.dynsec import set_default_access
 from broker_bridge.mqtt import BrokerAddress
 from broker_bridge.mqtt_admin import DynsecAdmin
 from crypto.broker_secrets import BrokerSecrets
-from qnect.local_broker import dynsec_plugin, free_port, init_dynsec_file
+from qnect.local_broker import dynsec_plugin, free_port, init_dynsec_file, wait_listening
 from qnect.local_tls import ensure_local_tls
 from tests.deploy.conftest import DEPLOY, load_yaml
 
@@ -102,15 +100,7 @@ def test_compose_config_starts_serves_tls_and_passes_its_healthcheck(tmp_path: P
     check = _healthcheck_command(port)
     proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "mosquitto.log").read_text()
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        wait_listening(proc, port, what="mosquitto", timeout_s=10)
         assert _run_check(check) == 0, "healthy broker reported unhealthy"
         address = BrokerAddress("127.0.0.1", tls_port, tls=True, ca_file=str(tls.ca))
         with DynsecAdmin(address, secrets.service("admin")) as admin:

@@ -15,7 +15,7 @@ import pytest
 from crypto.envelope import data_key_context
 from crypto.errors import DecryptionFailed
 from crypto.keys import KekRing, KeyClass, parse_root_key, wrap_header
-from device_registry.model import RegistryKeys, open_record
+from device_registry.model import RegistryKeys, open_record, root_key_context
 from device_registry.postgres import (
     RotationResult,
     count_stale,
@@ -316,3 +316,52 @@ def test_damaged_blob_stops_rotation_naming_the_row(fresh: Conn, keys: RegistryK
     assert _scalar(fresh, "SELECT count(*) FROM devices WHERE root_key_wrapped IS NULL") == 0
     assert count_stale(fresh, 2) == count_stale(fresh, 3)  # nothing moved to v2 in that batch
     assert _states(fresh) == [(1, "active", False), (2, "active", False)]
+
+
+def test_pending_and_previous_root_keys_are_rewrapped_too(fresh: Conn, keys: RegistryKeys) -> None:
+    """A rotation's staged next key and a decrypt-only previous key move to the new KEK."""
+    pending_id, rotated_id = _fleet(fresh, keys, per_model=1)[:2]
+    pending_key, current_key = os.urandom(32), os.urandom(32)
+    fresh.execute(
+        "UPDATE devices SET drk_next_version = 2, drk_next_wrapped = %s WHERE device_id = %s",
+        (
+            keys.ring.wrap(
+                pending_key,
+                version=1,
+                context=root_key_context(pending_id, 2),
+                nonce=os.urandom(12),
+            ),
+            pending_id,
+        ),
+    )
+    previous_blob = _scalar(
+        fresh, "SELECT root_key_wrapped FROM devices WHERE device_id = %s", (rotated_id,)
+    )
+    previous_key = keys.ring.unwrap(previous_blob, context=root_key_context(rotated_id, 1))
+    fresh.execute(
+        "UPDATE devices SET drk_version = 2, root_key_wrapped = %s, drk_prev_version = 1, "
+        "drk_prev_wrapped = %s, drk_prev_until = now() + interval '1 hour' WHERE device_id = %s",
+        (
+            keys.ring.wrap(
+                current_key,
+                version=1,
+                context=root_key_context(rotated_id, 2),
+                nonce=os.urandom(12),
+            ),
+            previous_blob,
+            rotated_id,
+        ),
+    )
+
+    rotate_kek(fresh, keys.ring)
+
+    next_blob = _scalar(
+        fresh, "SELECT drk_next_wrapped FROM devices WHERE device_id = %s", (pending_id,)
+    )
+    prev_blob = _scalar(
+        fresh, "SELECT drk_prev_wrapped FROM devices WHERE device_id = %s", (rotated_id,)
+    )
+    assert bytes(next_blob[:3]) == bytes(prev_blob[:3]) == wrap_header(2)
+    assert keys.ring.unwrap(next_blob, context=root_key_context(pending_id, 2)) == pending_key
+    assert keys.ring.unwrap(prev_blob, context=root_key_context(rotated_id, 1)) == previous_key
+    assert count_stale(fresh, 2) == 0
